@@ -1,0 +1,37 @@
+# make run   installs into .venv if needed, then trains the embedded default (synthetic, CPU).
+# make test  installs if needed, then runs ruff and pytest.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Metaflow needs a user name; shells without $$USER (CI, containers) get one.
+export METAFLOW_USER ?= $(or $(USER),facet)
+
+.PHONY: install run test lint format clean
+
+install: $(STAMP)
+
+# Reinstalls only when the dependency files change. constraints.txt pins every package to
+# versions tested together; torch==2.13.0 resolves to the CPU wheel on this machine's disk.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+run: install
+	$(BIN)/python flows/train_flow.py run
+
+test: install lint
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .metaflow var .pytest_cache .ruff_cache

@@ -1,0 +1,73 @@
+"""Build the ViT, and move it in and out of a run as the files of a save_pretrained folder.
+
+A run stores `model` as {file name: bytes}: config.json, model.safetensors and our
+preprocessor_config.json. No pickled torch objects, so a CPU-only server loads what a GPU trained.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import ViTConfig, ViTForImageClassification
+
+from lib.preprocess import PREPROCESSOR_FILE, Preprocessing
+
+
+def build_model(model_config: dict[str, Any], attributes: list[str]) -> ViTForImageClassification:
+    """A multi-label ViT with one logit per attribute: from scratch when the config gives an
+    architecture, from a checkpoint (hub name or local folder) when it names `pretrained`."""
+    labels = {
+        "num_labels": len(attributes),
+        "id2label": dict(enumerate(attributes)),
+        "label2id": {name: i for i, name in enumerate(attributes)},
+        "problem_type": "multi_label_classification",
+    }
+    if model_config.get("pretrained"):
+        model = ViTForImageClassification.from_pretrained(
+            model_config["pretrained"], ignore_mismatched_sizes=True, **labels
+        )
+        if model.config.image_size != model_config["image_size"]:
+            raise ValueError(
+                f"{model_config['pretrained']} expects {model.config.image_size}px inputs, "
+                f"the config says image_size={model_config['image_size']}"
+            )
+        return model
+    architecture = {k: v for k, v in model_config.items() if k != "pretrained"}
+    return ViTForImageClassification(ViTConfig(**architecture, **labels))
+
+
+def preprocessing_of(model_config: dict[str, Any]) -> Preprocessing:
+    return Preprocessing(image_size=model_config["image_size"])
+
+
+def model_to_files(model: torch.nn.Module, preprocessing: Preprocessing) -> dict[str, bytes]:
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder, safe_serialization=True)
+        (Path(folder) / PREPROCESSOR_FILE).write_text(preprocessing.to_hf_json())
+        return {path.name: path.read_bytes() for path in Path(folder).iterdir()}
+
+
+def write_model_files(files: dict[str, bytes], folder: str | Path) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
+    return folder
+
+
+def load_model(
+    files: dict[str, bytes], device: str = "cpu"
+) -> tuple[ViTForImageClassification, Preprocessing]:
+    """The inverse of model_to_files, onto any device, in eval mode."""
+    with tempfile.TemporaryDirectory() as folder:
+        write_model_files(files, folder)
+        model = ViTForImageClassification.from_pretrained(folder)
+    preprocessing = Preprocessing.from_hf_json(files[PREPROCESSOR_FILE].decode())
+    return model.to(device).eval(), preprocessing
+
+
+def device_for_inference() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"

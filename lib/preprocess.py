@@ -1,0 +1,79 @@
+"""The one image pipeline. Training, evaluation and serving all go through these functions:
+
+    decode_image (bytes or path -> RGB PIL image)
+    -> preprocess (PIL -> uint8 HxWx3 at the model's size; cached on disk for training)
+    -> to_model_input (uint8 batch -> normalised float tensor, done on the model's device)
+
+Normalisation happens in exactly one place, to_model_input, so inputs can never be
+normalised twice or not at all.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+# Bump when preprocess() changes: the version is part of every cache key.
+PREPROCESS_VERSION = 1
+PREPROCESSOR_FILE = "preprocessor_config.json"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    image_size: int
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def to_hf_json(self) -> str:
+        """Hugging Face's preprocessor_config.json for this pipeline, so an exported model
+        also works with transformers' ViTImageProcessor (which resizes without our crop)."""
+        return json.dumps(
+            {
+                "image_processor_type": "ViTImageProcessor",
+                "do_resize": True,
+                "size": {"height": self.image_size, "width": self.image_size},
+                "do_rescale": True,
+                "rescale_factor": 1 / 255,
+                "do_normalize": True,
+                "image_mean": list(self.mean),
+                "image_std": list(self.std),
+                "facet": {**asdict(self), "center_crop": True, "version": PREPROCESS_VERSION},
+            },
+            indent=2,
+        )
+
+    @classmethod
+    def from_hf_json(cls, text: str) -> Preprocessing:
+        facet = json.loads(text)["facet"]
+        return cls(facet["image_size"], tuple(facet["mean"]), tuple(facet["std"]))
+
+
+def decode_image(source: bytes | str | Path) -> Image.Image:
+    """Decode a file or bytes into an upright RGB image (EXIF rotation applied)."""
+    image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    image = ImageOps.exif_transpose(image)
+    return image.convert("RGB")
+
+
+def preprocess(image: Image.Image, size: int) -> np.ndarray:
+    """Centre-crop to a square on the shorter side, then resize to size x size (bilinear,
+    antialiased). CelebA's 178x218 crops keep rows 20-198, the whole face."""
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    square = image.crop((left, top, left + side, top + side))
+    return np.asarray(square.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def to_model_input(pixels: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W), scaled to [0, 1] and normalised."""
+    mean = torch.tensor(preprocessing.mean, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocessing.std, device=pixels.device).view(1, 3, 1, 1)
+    x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
+    return (x - mean) / std

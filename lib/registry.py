@@ -1,0 +1,55 @@
+"""The `champion` tag: which TrainFlow run serving should load.
+
+A run becomes champion when its test mean accuracy beats the majority baseline and the
+newest champion trained on the same dataset fingerprint. Older champions keep their tag, so
+the history stays visible; serving takes the newest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from metaflow import Flow, Run, namespace
+from metaflow.exception import MetaflowNotFound
+
+CHAMPION = "champion"
+
+
+def current_champion(flow_name: str, fingerprint: str, exclude: str | None = None) -> Run | None:
+    """The newest run tagged champion whose dataset has this fingerprint, across namespaces."""
+    namespace(None)
+    try:
+        runs = list(Flow(flow_name).runs(CHAMPION))
+    except MetaflowNotFound:
+        return None
+    for run in sorted(runs, key=lambda r: r.created_at, reverse=True):
+        if run.pathspec == exclude:
+            continue
+        try:
+            if run["prepare_data"].task.data.dataset["fingerprint"] == fingerprint:
+                return run
+        except (KeyError, MetaflowNotFound):
+            continue
+    return None
+
+
+def promote_if_better(
+    run_pathspec: str, dataset: dict[str, Any], metrics: dict[str, Any]
+) -> tuple[bool, str]:
+    """Tag the run champion if it earns it; return (promoted, reason)."""
+    if not metrics["beats_baseline"]:
+        return False, "test mean accuracy does not beat the majority baseline"
+    flow_name = run_pathspec.split("/")[0]
+    champion = current_champion(flow_name, dataset["fingerprint"], exclude=run_pathspec)
+    if champion is not None:
+        best = champion["evaluate"].task.data.metrics["mean_accuracy"]
+        ours = metrics["mean_accuracy"]
+        if ours <= best:
+            return (
+                False,
+                f"{champion.pathspec} stays champion ({best:.4f} >= {ours:.4f})",
+            )
+    namespace(None)
+    Run(run_pathspec).add_tag(CHAMPION)
+    previous = f"over {champion.pathspec}" if champion else "first on this dataset"
+    return True, f"promoted to champion ({previous})"

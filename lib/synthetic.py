@@ -1,0 +1,379 @@
+"""A deterministic synthetic CelebA: procedurally drawn faces in CelebA's exact file layout.
+
+    python -m lib.synthetic OUT_DIR --n 20000 --seed 0 [--shift blur=2]
+        [--prevalence Eyeglasses=0.4]
+
+writes OUT_DIR/img_align_celeba/000001.jpg ... (178x218 RGB JPEG), list_attr_celeba.txt and
+list_eval_partition.txt, formatted like the official files (count line, header with a trailing
+space, padded -1/1 columns). Every attribute is sampled at CelebA's positive rate; the ones in
+DRAWN_ATTRIBUTES are painted on the face, the rest are labels without a visual cue, so a model
+should score about chance on them. Each image depends only on (seed, index), so generation is
+parallel and any image can be regenerated alone.
+
+Cues are drawn boldly on purpose: the model sees the central 178x178 square shrunk to 64 px,
+where anything thinner than about 8 source pixels disappears.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+WIDTH, HEIGHT = 178, 218
+
+# The 40 attributes in official order, with their positive share over all 202,599 CelebA images.
+CELEBA_RATES: dict[str, float] = {
+    "5_o_Clock_Shadow": 0.111,
+    "Arched_Eyebrows": 0.267,
+    "Attractive": 0.513,
+    "Bags_Under_Eyes": 0.205,
+    "Bald": 0.022,
+    "Bangs": 0.152,
+    "Big_Lips": 0.241,
+    "Big_Nose": 0.235,
+    "Black_Hair": 0.239,
+    "Blond_Hair": 0.148,
+    "Blurry": 0.051,
+    "Brown_Hair": 0.205,
+    "Bushy_Eyebrows": 0.142,
+    "Chubby": 0.058,
+    "Double_Chin": 0.047,
+    "Eyeglasses": 0.065,
+    "Goatee": 0.063,
+    "Gray_Hair": 0.042,
+    "Heavy_Makeup": 0.387,
+    "High_Cheekbones": 0.455,
+    "Male": 0.417,
+    "Mouth_Slightly_Open": 0.483,
+    "Mustache": 0.042,
+    "Narrow_Eyes": 0.115,
+    "No_Beard": 0.835,
+    "Oval_Face": 0.284,
+    "Pale_Skin": 0.043,
+    "Pointy_Nose": 0.277,
+    "Receding_Hairline": 0.080,
+    "Rosy_Cheeks": 0.066,
+    "Sideburns": 0.057,
+    "Smiling": 0.482,
+    "Straight_Hair": 0.208,
+    "Wavy_Hair": 0.320,
+    "Wearing_Earrings": 0.189,
+    "Wearing_Hat": 0.048,
+    "Wearing_Lipstick": 0.472,
+    "Wearing_Necklace": 0.123,
+    "Wearing_Necktie": 0.073,
+    "Young": 0.774,
+}
+ATTRIBUTES: list[str] = list(CELEBA_RATES)
+
+# Attributes with a visual cue in the rendered face; the README lists them too.
+DRAWN_ATTRIBUTES: list[str] = [
+    "Bald",
+    "Bangs",
+    "Black_Hair",
+    "Blond_Hair",
+    "Blurry",
+    "Brown_Hair",
+    "Eyeglasses",
+    "Goatee",
+    "Gray_Hair",
+    "Heavy_Makeup",
+    "Mouth_Slightly_Open",
+    "Mustache",
+    "No_Beard",
+    "Pale_Skin",
+    "Rosy_Cheeks",
+    "Smiling",
+    "Wearing_Earrings",
+    "Wearing_Hat",
+    "Wearing_Lipstick",
+    "Wearing_Necktie",
+]
+
+HAIR_COLOURS = {
+    "Black_Hair": (25, 22, 25),
+    "Blond_Hair": (235, 205, 110),
+    "Brown_Hair": (115, 70, 35),
+    "Gray_Hair": (175, 175, 180),
+}
+OTHER_HAIR = [(175, 65, 35), (205, 115, 50)]  # auburn and ginger: "none of the four"
+SATURATED = [(200, 30, 40), (30, 70, 200), (30, 150, 60), (230, 120, 20), (120, 40, 160)]
+SHIFT_NAMES = ("brightness", "contrast", "blur", "noise")
+# CelebA's official split sizes, used as proportions: 162,770 / 19,867 / 19,962.
+SPLIT_SHARES = (162_770 / 202_599, 19_867 / 202_599)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What to generate: how many images, from which seed, with which distribution shifts."""
+
+    n: int
+    seed: int = 0
+    rates: dict[str, float] = field(default_factory=lambda: dict(CELEBA_RATES))
+    shifts: dict[str, float] = field(default_factory=dict)
+
+
+def make_spec(
+    n: int, seed: int = 0, prevalence: dict[str, float] | None = None, shifts=None
+) -> Spec:
+    """Validate overrides and build a Spec; unknown names or out-of-range values raise."""
+    if n < 1:
+        raise ValueError(f"--n must be at least 1, got {n}")
+    rates = dict(CELEBA_RATES)
+    for name, rate in (prevalence or {}).items():
+        if name not in rates:
+            raise ValueError(f"unknown attribute {name!r} in --prevalence; known: {ATTRIBUTES}")
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"--prevalence {name}={rate}: a rate must lie in [0, 1]")
+        rates[name] = rate
+    hair = sum(rates[c] for c in HAIR_COLOURS)
+    if hair + rates["Bald"] > 1.0:
+        raise ValueError("hair colour rates plus Bald exceed 1: they are mutually exclusive here")
+    for name in shifts or {}:
+        if name not in SHIFT_NAMES:
+            raise ValueError(f"unknown shift {name!r}; known: {list(SHIFT_NAMES)}")
+    return Spec(n=n, seed=seed, rates=rates, shifts=dict(shifts or {}))
+
+
+def sample_labels(rng: np.random.Generator, rates: dict[str, float]) -> dict[str, int]:
+    """One face's 40 labels. Independent draws, except where drawing forces consistency:
+    hair colours are exclusive and absent when bald, bangs need hair, a goatee is a beard."""
+    labels = {name: int(rng.random() < rate) for name, rate in rates.items()}
+    bald = labels["Bald"]
+    u = rng.random() * (1.0 - rates["Bald"])
+    cumulative = 0.0
+    for colour in HAIR_COLOURS:
+        labels[colour] = int(not bald and cumulative <= u < cumulative + rates[colour])
+        cumulative += rates[colour]
+    labels["Bangs"] = int(not bald and rng.random() < rates["Bangs"] / (1.0 - rates["Bald"]))
+    beard = 1 - labels["No_Beard"]
+    labels["Goatee"] = int(
+        beard and rng.random() < rates["Goatee"] / max(1 - rates["No_Beard"], 1e-9)
+    )
+    return labels
+
+
+def _jitter(rng: np.random.Generator, colour: tuple[int, int, int], amount: int = 15) -> tuple:
+    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in colour)
+
+
+def render_face(rng: np.random.Generator, labels: dict[str, int], shifts: dict[str, float]):
+    """Paint one 178x218 face whose visible cues follow `labels`."""
+    background = tuple(int(v) for v in rng.integers(40, 220, 3))
+    image = Image.new("RGB", (WIDTH, HEIGHT), background)
+    draw = ImageDraw.Draw(image)
+    cx = WIDTH // 2 + int(rng.integers(-6, 7))
+    cy = 112 + int(rng.integers(-5, 6))
+    face_w = int(rng.integers(36, 44))
+
+    if labels["Pale_Skin"]:
+        skin = _jitter(rng, (246, 236, 228), 6)
+    else:
+        tone = rng.random()
+        skin = (int(205 - 90 * tone), int(160 - 75 * tone), int(120 - 60 * tone))
+    hair = None
+    if not labels["Bald"]:
+        colours = [HAIR_COLOURS[c] for c in HAIR_COLOURS if labels[c]]
+        hair = _jitter(rng, colours[0] if colours else OTHER_HAIR[rng.integers(len(OTHER_HAIR))])
+
+    # Torso, neck and necktie sit inside the central square the model sees (rows 20-198).
+    shirt = _jitter(rng, (120, 120, 130), 40)
+    draw.ellipse([cx - 70, cy + 62, cx + 70, cy + 150], fill=shirt)
+    draw.rectangle([cx - 15, cy + 40, cx + 15, cy + 72], fill=skin)
+    if labels["Wearing_Necktie"]:
+        tie = SATURATED[rng.integers(len(SATURATED))]
+        draw.polygon(
+            [(cx - 11, cy + 56), (cx + 11, cy + 56), (cx + 16, cy + 78), (cx - 16, cy + 78)],
+            fill=tie,
+        )
+        draw.polygon([(cx - 16, cy + 76), (cx + 16, cy + 76), (cx, cy + 86)], fill=tie)
+
+    if hair is not None:  # hair mass behind the head, visible at the sides
+        draw.ellipse([cx - face_w - 14, cy - 62, cx + face_w + 14, cy + 38], fill=hair)
+    draw.ellipse([cx - face_w - 6, cy - 14, cx - face_w + 6, cy + 14], fill=skin)  # ears
+    draw.ellipse([cx + face_w - 6, cy - 14, cx + face_w + 6, cy + 14], fill=skin)
+    draw.ellipse([cx - face_w, cy - 55, cx + face_w, cy + 52], fill=skin)
+    if labels["Bald"]:  # a shine on the bare scalp
+        draw.ellipse([cx - 14, cy - 50, cx + 6, cy - 40], fill=_jitter(rng, (250, 250, 245), 4))
+    if hair is not None:
+        draw.chord([cx - face_w - 2, cy - 62, cx + face_w + 2, cy - 20], 180, 360, fill=hair)
+    if labels["Bangs"]:
+        draw.rectangle([cx - face_w + 4, cy - 44, cx + face_w - 4, cy - 26], fill=hair)
+    if labels["Wearing_Hat"]:
+        hat = SATURATED[rng.integers(len(SATURATED))]
+        draw.rectangle([cx - face_w - 4, cy - 92, cx + face_w + 4, cy - 48], fill=hat)
+        draw.rectangle([cx - face_w - 22, cy - 52, cx + face_w + 22, cy - 42], fill=hat)
+
+    eye_y, eye_dx = cy - 12, 17
+    if labels["Heavy_Makeup"]:
+        shadow = _jitter(rng, (110, 40, 150), 25)
+        for side in (-1, 1):
+            draw.ellipse(
+                [cx + side * eye_dx - 13, eye_y - 15, cx + side * eye_dx + 13, eye_y + 2],
+                fill=shadow,
+            )
+    for side in (-1, 1):
+        ex = cx + side * eye_dx
+        draw.ellipse([ex - 8, eye_y - 4, ex + 8, eye_y + 4], fill=(245, 245, 245))
+        draw.ellipse([ex - 3, eye_y - 3, ex + 3, eye_y + 3], fill=(30, 30, 40))
+        draw.line([ex - 9, eye_y - 12, ex + 9, eye_y - 12], fill=(60, 45, 35), width=3)
+    if labels["Eyeglasses"]:
+        for side in (-1, 1):
+            ex = cx + side * eye_dx
+            draw.rectangle(
+                [ex - 14, eye_y - 10, ex + 14, eye_y + 10], outline=(10, 10, 10), width=5
+            )
+        draw.line([cx - 4, eye_y - 2, cx + 4, eye_y - 2], fill=(10, 10, 10), width=5)
+    draw.line([cx, cy - 2, cx - 4, cy + 12], fill=tuple(int(c * 0.75) for c in skin), width=3)
+
+    if labels["Rosy_Cheeks"]:
+        for side in (-1, 1):
+            draw.ellipse(
+                [cx + side * 26 - 10, cy + 8, cx + side * 26 + 10, cy + 26], fill=(235, 80, 100)
+            )
+    dark = _jitter(rng, (40, 28, 20), 10)
+    beard = not labels["No_Beard"]
+    if beard and not labels["Goatee"]:  # a full beard along the jaw
+        draw.chord([cx - face_w, cy - 10, cx + face_w, cy + 52], 20, 160, fill=dark)
+    if labels["Goatee"]:
+        draw.rectangle([cx - 12, cy + 36, cx + 12, cy + 52], fill=dark)
+    if labels["Mustache"]:
+        draw.rectangle([cx - 19, cy + 15, cx + 19, cy + 22], fill=dark)
+
+    lips = (215, 15, 45) if labels["Wearing_Lipstick"] else tuple(int(c * 0.8) for c in skin)
+    mouth = [cx - 17, cy + 22, cx + 17, cy + 40]
+    if labels["Mouth_Slightly_Open"]:
+        draw.ellipse(mouth, fill=(35, 10, 15), outline=lips, width=5)
+        if labels["Smiling"]:
+            draw.chord(mouth, 200, 340, fill=skin)  # the upper half closes: a wide grin
+    elif labels["Smiling"]:
+        draw.arc([cx - 24, cy + 2, cx + 24, cy + 40], 15, 165, fill=lips, width=8)
+    else:
+        draw.line([cx - 15, cy + 30, cx + 15, cy + 30], fill=lips, width=7)
+
+    if labels["Wearing_Earrings"]:
+        gold = _jitter(rng, (255, 210, 0), 10)
+        for side in (-1, 1):
+            ex = cx + side * (face_w + 2)
+            draw.ellipse([ex - 7, cy + 12, ex + 7, cy + 26], fill=gold)
+
+    if labels["Blurry"]:
+        image = image.filter(ImageFilter.GaussianBlur(5))
+    return apply_shifts(image, shifts, rng)
+
+
+def apply_shifts(image: Image.Image, shifts: dict[str, float], rng: np.random.Generator):
+    """Distribution shifts for monitoring demos: brightness and contrast are relative changes
+    (0.3 = 30% brighter), blur is a Gaussian radius in pixels, noise a std in 0-255 units."""
+    if shifts.get("blur"):
+        image = image.filter(ImageFilter.GaussianBlur(shifts["blur"]))
+    if not any(shifts.get(k) for k in ("brightness", "contrast", "noise")):
+        return image
+    pixels = np.asarray(image, dtype=np.float32)
+    mean = pixels.mean()
+    pixels = mean + (pixels - mean) * (1.0 + shifts.get("contrast", 0.0))
+    pixels = pixels * (1.0 + shifts.get("brightness", 0.0))
+    if shifts.get("noise"):
+        pixels = pixels + rng.normal(0.0, shifts["noise"], pixels.shape)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def split_of(index: int, n: int) -> int:
+    """0/1/2 (train/validation/test) by position, in CelebA's proportions."""
+    n_train = round(n * SPLIT_SHARES[0])
+    n_val = round(n * SPLIT_SHARES[1])
+    return 0 if index < n_train else 1 if index < n_train + n_val else 2
+
+
+def file_name(index: int) -> str:
+    return f"{index + 1:06d}.jpg"
+
+
+def _generate_one(args: tuple[Spec, int, str]) -> list[int]:
+    spec, index, image_dir = args
+    rng = np.random.default_rng([spec.seed, index])
+    labels = sample_labels(rng, spec.rates)
+    render_face(rng, labels, spec.shifts).save(
+        os.path.join(image_dir, file_name(index)), quality=92
+    )
+    return [labels[name] for name in ATTRIBUTES]
+
+
+def generate(out_dir: str | Path, spec: Spec, processes: int | None = None) -> Path:
+    """Write the dataset under out_dir in the official CelebA layout and return out_dir."""
+    out = Path(out_dir)
+    image_dir = out / "img_align_celeba"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [(spec, i, str(image_dir)) for i in range(spec.n)]
+    with Pool(processes or os.cpu_count()) as pool:
+        rows = pool.map(_generate_one, jobs, chunksize=64)
+    write_attribute_file(out / "list_attr_celeba.txt", [file_name(i) for i in range(spec.n)], rows)
+    partition = "".join(f"{file_name(i)} {split_of(i, spec.n)}\n" for i in range(spec.n))
+    (out / "list_eval_partition.txt").write_text(partition)
+    return out
+
+
+def write_attribute_file(path: Path, names: list[str], rows: Iterable[list[int]]) -> None:
+    """CelebA's format: count line, names with a trailing space, padded -1/1 columns."""
+    lines = [str(len(names)), " ".join(ATTRIBUTES) + " "]
+    for name, row in zip(names, rows, strict=True):
+        lines.append(name + "".join(f" {1 if v else -1:>2}" for v in row))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _parse_pairs(pairs: list[str], flag: str) -> dict[str, float]:
+    parsed = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        try:
+            parsed[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise SystemExit(f"{flag} expects NAME=NUMBER, got {pair!r}")
+    return parsed
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m lib.synthetic", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("out_dir")
+    parser.add_argument("--n", type=int, default=20_000, help="number of images")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--shift",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help=f"distribution shift, one of {', '.join(SHIFT_NAMES)}",
+    )
+    parser.add_argument(
+        "--prevalence",
+        action="append",
+        default=[],
+        metavar="ATTRIBUTE=RATE",
+        help="override an attribute's positive rate",
+    )
+    args = parser.parse_args(argv)
+    try:
+        spec = make_spec(
+            args.n,
+            args.seed,
+            _parse_pairs(args.prevalence, "--prevalence"),
+            _parse_pairs(args.shift, "--shift"),
+        )
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    print(f"wrote {spec.n} images to {generate(args.out_dir, spec)}")
+
+
+if __name__ == "__main__":
+    main()
