@@ -68,7 +68,7 @@ def preprocess(image: Image.Image, size: int) -> np.ndarray:
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
     square = image.crop((left, top, left + side, top + side))
-    return np.asarray(square.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+    return np.array(square.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
 def to_model_input(pixels: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:

@@ -247,13 +247,16 @@ def render_face(rng: np.random.Generator, labels: dict[str, int], shifts: dict[s
     if labels["Mustache"]:
         draw.rectangle([cx - 19, cy + 15, cx + 19, cy + 22], fill=dark)
 
-    lips = (215, 15, 45) if labels["Wearing_Lipstick"] else tuple(int(c * 0.8) for c in skin)
-    mouth = [cx - 17, cy + 22, cx + 17, cy + 40]
-    if labels["Mouth_Slightly_Open"]:
-        draw.ellipse(mouth, fill=(35, 10, 15), outline=lips, width=5)
-        if labels["Smiling"]:
-            draw.chord(mouth, 200, 340, fill=skin)  # the upper half closes: a wide grin
-    elif labels["Smiling"]:
+    lips = (215, 15, 45) if labels["Wearing_Lipstick"] else tuple(int(c * 0.55) for c in skin)
+    inside = (35, 10, 15)
+    if labels["Mouth_Slightly_Open"] and labels["Smiling"]:  # a wide D with a row of teeth
+        draw.pieslice(
+            [cx - 22, cy + 10, cx + 22, cy + 44], 0, 180, fill=inside, outline=lips, width=5
+        )
+        draw.rectangle([cx - 15, cy + 28, cx + 15, cy + 33], fill=(250, 250, 250))
+    elif labels["Mouth_Slightly_Open"]:  # a round O
+        draw.ellipse([cx - 11, cy + 20, cx + 11, cy + 42], fill=inside, outline=lips, width=5)
+    elif labels["Smiling"]:  # closed lips curving up at the corners
         draw.arc([cx - 24, cy + 2, cx + 24, cy + 40], 15, 165, fill=lips, width=8)
     else:
         draw.line([cx - 15, cy + 30, cx + 15, cy + 30], fill=lips, width=7)

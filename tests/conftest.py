@@ -1,0 +1,67 @@
+"""Every test gets its own Metaflow datastore, cache and W&B folder, and never the network."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+# Metaflow reads its settings once, at import: a user name must exist before that.
+os.environ.setdefault("METAFLOW_USER", "tests")
+from metaflow import Run, Runner
+from metaflow.plugins.datastores.local_storage import LocalStorage
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOW = ROOT / "flows" / "train_flow.py"
+SMOKE = ROOT / "flows" / "configs" / "smoke.json"
+
+
+def use_home(monkeypatch: pytest.MonkeyPatch, home: Path) -> Path:
+    """Point Metaflow's datastore, the data cache and W&B at folders under `home`."""
+    datastore = home / "datastore"
+    datastore.mkdir(exist_ok=True)
+    monkeypatch.setenv("METAFLOW_DATASTORE_SYSROOT_LOCAL", str(datastore))
+    monkeypatch.setenv("FACET_CACHE", str(home / "cache"))
+    monkeypatch.setenv("WANDB_DIR", str(home))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    # Metaflow read the sysroot at import: point this process's client there too.
+    monkeypatch.setattr(LocalStorage, "SYSROOT_VAR", str(datastore))
+    monkeypatch.setattr(LocalStorage, "datastore_root", None)
+    return home
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch) -> Path:
+    return use_home(monkeypatch, tmp_path)
+
+
+@pytest.fixture
+def smoke_config() -> dict:
+    return json.loads(SMOKE.read_text())
+
+
+def run_flow(config: dict, flow: Path = FLOW, expect: str = "successful", **parameters) -> Run:
+    """Run a flow as a user would and check how it ended (Runner does not raise)."""
+    # Cards are written under the working directory's .metaflow, whatever the sysroot says:
+    # run from the datastore folder so that they land where the client reads them.
+    cwd = os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"]
+    with Runner(str(flow), show_output=False, cwd=cwd, config_value=[("config", config)]) as runner:
+        result = runner.run(**parameters)
+        assert result.status == expect, result.stderr[-3000:]
+        return result.run
+
+
+@pytest.fixture(scope="module")
+def smoke_home(tmp_path_factory) -> tuple[Path, str]:
+    """One smoke run shared by a module's tests, in its own home."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        home = use_home(monkeypatch, tmp_path_factory.mktemp("smoke"))
+        run = run_flow(json.loads(SMOKE.read_text()))
+        return home, run.pathspec
+
+
+@pytest.fixture
+def smoke_run(smoke_home, monkeypatch) -> Run:
+    home, pathspec = smoke_home
+    use_home(monkeypatch, home)
+    return Run(pathspec)

@@ -1,0 +1,116 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lib import synthetic
+from lib.data import BadImagesError, CachedSplit, prepare, resolve_source
+from lib.preprocess import Preprocessing, decode_image, preprocess, to_model_input
+
+
+@pytest.fixture
+def small(tmp_path):
+    return synthetic.generate(tmp_path / "celeba", synthetic.make_spec(40, seed=1))
+
+
+def test_prepare_writes_manifest_and_reuses_cache(small):
+    first = prepare("test://small", small, image_size=32)
+    assert first["cache_reused"] is False
+    assert first["attributes"] == synthetic.ATTRIBUTES
+    assert sum(first["split_sizes"].values()) == 40
+    assert set(first["positive_rates"]) == {"train", "validation", "test"}
+    assert first["skipped"]["missing"]["count"] == 0
+    images = np.load(f"{first['cache_dir']}/images.npy")
+    assert images.shape == (40, 32, 32, 3) and images.dtype == np.uint8
+
+    second = prepare("test://small", small, image_size=32)
+    assert second["cache_reused"] is True
+    assert second["cache_dir"] == first["cache_dir"]
+    assert second["fingerprint"] == first["fingerprint"]
+    assert prepare("test://small", small, image_size=48)["cache_dir"] != first["cache_dir"]
+
+
+def test_changed_labels_change_the_fingerprint(small):
+    before = prepare("test://small", small, image_size=32)
+    attr = small / "list_attr_celeba.txt"
+    lines = attr.read_text().splitlines()
+    lines[2] = lines[2][:-2] + ("-1" if lines[2].endswith(" 1") else " 1")
+    attr.write_text("\n".join(lines) + "\n")
+    after = prepare("test://small", small, image_size=32)
+    assert after["fingerprint"] != before["fingerprint"]
+    assert after["cache_reused"] is False
+
+
+def test_missing_and_corrupt_images_fail_unless_allowed(small):
+    (small / "img_align_celeba" / "000003.jpg").unlink()
+    (small / "img_align_celeba" / "000007.jpg").write_bytes(b"not a jpeg at all")
+    with pytest.raises(BadImagesError, match=r"2 listed images.*000003\.jpg.*000007\.jpg"):
+        prepare("test://small", small, image_size=32)
+    manifest = prepare("test://small", small, image_size=32, allow_skipped=True)
+    assert manifest["skipped"]["missing"] == {"count": 1, "names": ["000003.jpg"]}
+    assert manifest["skipped"]["unreadable"]["count"] == 1
+    assert manifest["skipped"]["unreadable"]["names"][0].startswith("000007.jpg")
+    assert sum(manifest["split_sizes"].values()) == 38
+
+
+def test_images_join_labels_by_name_not_sort_order(tmp_path):
+    """image_10 sorts before image_2: each image must still get its own label."""
+    root = tmp_path / "named"
+    (root / "img_align_celeba").mkdir(parents=True)
+    names = [f"image_{i}.jpg" for i in (2, 10, 1, 33, 4)]
+    labels = [1, 0, 0, 1, 1]
+    for name, label in zip(names, labels, strict=True):
+        colour = (250, 250, 250) if label else (5, 5, 5)  # the label is visible in the pixels
+        Image.new("RGB", (20, 24), colour).save(root / "img_align_celeba" / name)
+    rows = "".join(f"{n} {1 if y else -1:>2}\n" for n, y in zip(names, labels, strict=True))
+    (root / "list_attr_celeba.txt").write_text(f"{len(names)}\nBright \n{rows}")
+    (root / "list_eval_partition.txt").write_text("".join(f"{n} 0\n" for n in sorted(names)))
+    manifest = prepare("test://named", root, image_size=8)
+    split = CachedSplit(manifest["cache_dir"], "train")
+    for i in range(len(split)):
+        pixels, label = split[i]
+        assert (pixels.float().mean() > 128) == bool(label[0])
+
+
+def test_training_and_serving_preprocessing_agree(small):
+    """The same JPEG through the training path (prepare -> cache -> loader) and the serving
+    path (bytes -> decode -> preprocess) gives identical model inputs."""
+    manifest = prepare("test://small", small, image_size=32)
+    train_set = CachedSplit(manifest["cache_dir"], "train")
+    pixels, _ = next(iter(torch.utils.data.DataLoader(train_set, batch_size=4)))
+    settings = Preprocessing(image_size=32)
+    training_input = to_model_input(pixels, settings)
+
+    served = []
+    for row in train_set.rows[:4]:
+        payload = (small / "img_align_celeba" / f"{row + 1:06d}.jpg").read_bytes()
+        served.append(torch.from_numpy(preprocess(decode_image(payload), 32)))
+    serving_input = to_model_input(torch.stack(served), settings)
+    assert torch.equal(training_input, serving_input)
+    assert training_input.shape == (4, 3, 32, 32)
+    assert training_input.min() >= -1.0 and training_input.max() <= 1.0  # normalised once
+
+
+def test_decode_applies_exif_rotation_and_converts_to_rgb():
+    image = Image.new("L", (30, 20), 128)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif)
+    decoded = decode_image(buffer.getvalue())
+    assert decoded.mode == "RGB" and decoded.size == (20, 30)
+
+
+def test_preprocessing_round_trips_through_its_json():
+    settings = Preprocessing(image_size=48, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6))
+    assert Preprocessing.from_hf_json(settings.to_hf_json()) == settings
+
+
+def test_synthetic_source_is_generated_once(tmp_path):
+    uri, root = resolve_source("synthetic", {"n": 12, "seed": 5})
+    assert uri == "synthetic://?n=12&seed=5"
+    stamp = (root / "list_attr_celeba.txt").stat().st_mtime_ns
+    assert resolve_source("synthetic", {"n": 12, "seed": 5}) == (uri, root)
+    assert (root / "list_attr_celeba.txt").stat().st_mtime_ns == stamp
