@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -25,17 +26,19 @@ def _line_chart(history: list[dict[str, float]], field: str, title: str) -> dict
 
 
 class TrainingCard:
-    """Live card for the train step: a progress bar and a loss curve, refreshed at each log.
-    Call it with each logged record (lib.train.train's on_log)."""
+    """Live card for the train step: a progress bar and a loss curve. Call it with each logged
+    record (lib.train.train's on_log). Each refresh renders the card in a subprocess, which
+    competes with training for the CPU, so it refreshes at most every `every_seconds`."""
 
-    def __init__(self, card, resumed_from_step: int = 0):
+    def __init__(self, card, every_seconds: float = 30.0):
         self.card = card
+        self.every_seconds = every_seconds
+        self.last_refresh = time.monotonic()
         self.history: list[dict[str, float]] = []
         self.status = Markdown("Training is starting…")
         self.progress: ProgressBar | None = None
         self.chart = VegaChart(_line_chart([], "loss", "training loss"))
-        start = f" (resumed from step {resumed_from_step})" if resumed_from_step else ""
-        card.extend([Markdown(f"# Training{start}"), self.status, self.chart])
+        card.extend([Markdown("# Training"), self.status, self.chart])
         card.refresh()
 
     def __call__(self, record: dict[str, float]) -> None:
@@ -50,7 +53,10 @@ class TrainingCard:
             f"{record['images_per_second']:.0f} images/s"
         )
         self.chart.update(_line_chart(self.history, "loss", "training loss"))
-        self.card.refresh()
+        finished = record["step"] == record["total_steps"]
+        if finished or time.monotonic() - self.last_refresh >= self.every_seconds:
+            self.card.refresh()
+            self.last_refresh = time.monotonic()
 
 
 def dataset_summary(dataset: dict[str, Any]) -> list:

@@ -15,6 +15,9 @@ from transformers import ViTConfig, ViTForImageClassification
 
 from lib.preprocess import PREPROCESSOR_FILE, Preprocessing
 
+# Model-config keys that describe loading and inputs, not the ViT architecture.
+NOT_ARCHITECTURE = {"pretrained", "image_mean", "image_std"}
+
 
 def build_model(model_config: dict[str, Any], attributes: list[str]) -> ViTForImageClassification:
     """A multi-label ViT with one logit per attribute: from scratch when the config gives an
@@ -35,12 +38,19 @@ def build_model(model_config: dict[str, Any], attributes: list[str]) -> ViTForIm
                 f"the config says image_size={model_config['image_size']}"
             )
         return model
-    architecture = {k: v for k, v in model_config.items() if k != "pretrained"}
+    architecture = {k: v for k, v in model_config.items() if k not in NOT_ARCHITECTURE}
     return ViTForImageClassification(ViTConfig(**architecture, **labels))
 
 
 def preprocessing_of(model_config: dict[str, Any]) -> Preprocessing:
-    return Preprocessing(image_size=model_config["image_size"])
+    """Input size and normalisation; a pretrained checkpoint must be given the statistics it
+    was trained with (image_mean / image_std in the config)."""
+    defaults = Preprocessing(image_size=model_config["image_size"])
+    return Preprocessing(
+        image_size=defaults.image_size,
+        mean=tuple(model_config.get("image_mean", defaults.mean)),
+        std=tuple(model_config.get("image_std", defaults.std)),
+    )
 
 
 def model_to_files(model: torch.nn.Module, preprocessing: Preprocessing) -> dict[str, bytes]:

@@ -243,23 +243,22 @@ def render_face(rng: np.random.Generator, labels: dict[str, int], shifts: dict[s
     if beard and not labels["Goatee"]:  # a full beard along the jaw
         draw.chord([cx - face_w, cy - 10, cx + face_w, cy + 52], 20, 160, fill=dark)
     if labels["Goatee"]:
-        draw.rectangle([cx - 12, cy + 36, cx + 12, cy + 52], fill=dark)
+        draw.rectangle([cx - 14, cy + 38, cx + 14, cy + 56], fill=dark)
     if labels["Mustache"]:
-        draw.rectangle([cx - 19, cy + 15, cx + 19, cy + 22], fill=dark)
+        draw.rectangle([cx - 22, cy + 12, cx + 22, cy + 22], fill=dark)
 
     lips = (215, 15, 45) if labels["Wearing_Lipstick"] else tuple(int(c * 0.55) for c in skin)
     inside = (35, 10, 15)
     if labels["Mouth_Slightly_Open"] and labels["Smiling"]:  # a wide D with a row of teeth
-        draw.pieslice(
-            [cx - 22, cy + 10, cx + 22, cy + 44], 0, 180, fill=inside, outline=lips, width=5
-        )
-        draw.rectangle([cx - 15, cy + 28, cx + 15, cy + 33], fill=(250, 250, 250))
+        grin = [cx - 24, cy + 8, cx + 24, cy + 48]
+        draw.pieslice(grin, 0, 180, fill=inside, outline=lips, width=5)
+        draw.rectangle([cx - 17, cy + 28, cx + 17, cy + 34], fill=(250, 250, 250))
     elif labels["Mouth_Slightly_Open"]:  # a round O
-        draw.ellipse([cx - 11, cy + 20, cx + 11, cy + 42], fill=inside, outline=lips, width=5)
+        draw.ellipse([cx - 12, cy + 22, cx + 12, cy + 46], fill=inside, outline=lips, width=5)
     elif labels["Smiling"]:  # closed lips curving up at the corners
-        draw.arc([cx - 24, cy + 2, cx + 24, cy + 40], 15, 165, fill=lips, width=8)
+        draw.arc([cx - 26, cy, cx + 26, cy + 42], 15, 165, fill=lips, width=9)
     else:
-        draw.line([cx - 15, cy + 30, cx + 15, cy + 30], fill=lips, width=7)
+        draw.line([cx - 16, cy + 32, cx + 16, cy + 32], fill=lips, width=8)
 
     if labels["Wearing_Earrings"]:
         gold = _jitter(rng, (255, 210, 0), 10)

@@ -1,0 +1,48 @@
+import pytest
+import torch
+from transformers import ViTConfig, ViTForImageClassification
+
+from lib.model import build_model, load_model, model_to_files, preprocessing_of
+
+ATTRIBUTES = ["Bald", "Smiling", "Young"]
+TINY = {
+    "image_size": 16,
+    "patch_size": 8,
+    "hidden_size": 8,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 16,
+}
+
+
+def test_scratch_model_is_multi_label_with_named_outputs():
+    model = build_model(TINY, ATTRIBUTES)
+    assert model.config.problem_type == "multi_label_classification"
+    assert model.config.id2label == {0: "Bald", 1: "Smiling", 2: "Young"}
+    assert model(pixel_values=torch.zeros(2, 3, 16, 16)).logits.shape == (2, 3)
+
+
+def test_pretrained_checkpoint_from_a_local_folder_keeps_its_backbone(tmp_path):
+    """The path real runs take with a hub name, exercised on a local checkpoint: a 10-class
+    classifier becomes a 3-attribute multi-label one with the backbone weights intact."""
+    source = ViTForImageClassification(ViTConfig(**TINY, num_labels=10))
+    source.save_pretrained(tmp_path / "checkpoint")
+    model = build_model({"pretrained": str(tmp_path / "checkpoint"), "image_size": 16}, ATTRIBUTES)
+    assert model.config.num_labels == 3 and model.config.id2label[2] == "Young"
+    assert model.config.problem_type == "multi_label_classification"
+    expected = source.vit.embeddings.patch_embeddings.projection.weight
+    assert torch.equal(model.vit.embeddings.patch_embeddings.projection.weight, expected)
+    with pytest.raises(ValueError, match="expects 16px inputs"):
+        build_model({"pretrained": str(tmp_path / "checkpoint"), "image_size": 224}, ATTRIBUTES)
+
+
+def test_model_files_round_trip_with_their_preprocessing():
+    config = {**TINY, "image_mean": [0.4, 0.4, 0.4], "image_std": [0.2, 0.2, 0.2]}
+    model = build_model(config, ATTRIBUTES).eval()
+    files = model_to_files(model, preprocessing_of(config))
+    assert set(files) == {"config.json", "model.safetensors", "preprocessor_config.json"}
+    loaded, preprocessing = load_model(files)
+    assert preprocessing.mean == (0.4, 0.4, 0.4) and preprocessing.image_size == 16
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(pixel_values=x).logits, model(pixel_values=x).logits)
