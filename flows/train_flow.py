@@ -46,14 +46,29 @@ class TrainFlow(FlowSpec):
     @step
     def train(self):
         from lib.cards import TrainingCard
+        from lib.faults import inject
         from lib.model import model_to_files, preprocessing_of
         from lib.storage import checkpoint_dir
         from lib.train import train
 
+        # A retry finds this run's own checkpoints; a resumed run finds its origin's.
         checkpoints = checkpoint_dir(current.flow_name, current.run_id)
-        result = train(self.config, self.dataset, checkpoints, on_log=TrainingCard(current.card))
+        previous = [checkpoints]
+        if current.origin_run_id:
+            previous.append(checkpoint_dir(current.flow_name, current.origin_run_id))
+        card = TrainingCard(current.card)
+        result = train(
+            self.config,
+            self.dataset,
+            checkpoints,
+            resume_from=previous,
+            on_log=card,
+            on_step=lambda step: inject("train", step, current.retry_count),
+        )
+        card.finish(result.steps, result.resumed_from_step)
         self.model = model_to_files(result.model, preprocessing_of(self.config.model))
         self.history = result.history
+        self.resumed_from_step = result.resumed_from_step
         self.next(self.evaluate)
 
     @resources(cpu=config.resources.cpu, memory=config.resources.memory, gpu=config.resources.gpu)
@@ -62,8 +77,10 @@ class TrainFlow(FlowSpec):
     def evaluate(self):
         from lib import synthetic
         from lib.evaluate import evaluate_model
+        from lib.faults import inject
         from lib.model import device_for_inference, load_model
 
+        inject("evaluate", attempt=current.retry_count)
         model, preprocessing = load_model(self.model, device_for_inference())
         synthetic_data = self.dataset["source"].startswith("synthetic://")
         drawn = synthetic.DRAWN_ATTRIBUTES if synthetic_data else None

@@ -58,6 +58,11 @@ class TrainingCard:
             self.card.refresh()
             self.last_refresh = time.monotonic()
 
+    def finish(self, steps: int, resumed_from_step: int) -> None:
+        start = f"resumed from step {resumed_from_step}" if resumed_from_step else "a fresh start"
+        self.status.update(f"Finished at step {steps} ({start}).")
+        self.card.refresh()
+
 
 def dataset_summary(dataset: dict[str, Any]) -> list:
     skipped = dataset["skipped"]

@@ -7,13 +7,13 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -31,6 +31,28 @@ class TrainResult:
     model: torch.nn.Module
     history: list[dict[str, float]] = field(default_factory=list)
     steps: int = 0
+    resumed_from_step: int = 0  # 0 for a fresh start
+
+
+class Progress:
+    """What a checkpoint needs beyond model, optimizer, scheduler and the global RNGs (which
+    accelerate saves itself): the step count, the curve so far and the augmentation RNG."""
+
+    def __init__(self, augment_seed: int):
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        self.augment_rng = torch.Generator().manual_seed(augment_seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "history": self.history,
+            "augment_rng": self.augment_rng.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.history = state["step"], state["history"]
+        self.augment_rng.set_state(state["augment_rng"])
 
 
 def positive_weights(train_rates: list[float], max_weight: float) -> torch.Tensor:
@@ -88,44 +110,71 @@ def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, step: int, k
     return final
 
 
+def latest_checkpoint(folders: list[Path]) -> Path | None:
+    """The newest complete checkpoint in the first folder that has one. Partial saves are
+    never candidates: only a finished save is renamed to step_*."""
+    for folder in folders:
+        found = sorted(Path(folder).glob(f"{CHECKPOINT_PREFIX}*"))
+        if found:
+            return found[-1]
+    return None
+
+
 def train(
     config: dict[str, Any],
     dataset: dict[str, Any],
     checkpoint_dir: str | Path,
+    resume_from: Sequence[Path] = (),
     on_log: Callable[[dict[str, float]], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train the configured model on the prepared dataset; return the unwrapped model and the
-    logged history. Logs loss, lr and images/s to the tracker every `log_every` steps."""
+    logged history. Logs loss, lr and images/s to the tracker every `log_every` steps and
+    checkpoints into `checkpoint_dir` every `checkpoint_every` steps.
+
+    If a folder in `resume_from` holds a checkpoint, training continues from the newest one:
+    same weights, optimizer and scheduler state, RNGs, and position in the data, so the
+    result matches an uninterrupted run."""
     cfg = config["train"]
     on_cuda = torch.cuda.is_available()
     accelerator = Accelerator(
         mixed_precision="bf16" if on_cuda else "no",  # on CPU bf16 measured 2x slower here
         gradient_accumulation_steps=cfg["gradient_accumulation_steps"],
         log_with=_tracker(cfg),
+        # Each epoch's order depends on (seed, epoch) alone, so a resumed run can skip to
+        # the exact batch where the checkpoint was taken.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg["seed"]),
     )
     set_seed(cfg["seed"])
     preprocessing = preprocessing_of(config["model"])
     model = build_model(config["model"], dataset["attributes"])
-    train_set = CachedSplit(dataset["cache_dir"], "train")
     loader = DataLoader(
-        train_set,
+        CachedSplit(dataset["cache_dir"], "train"),
         batch_size=cfg["batch_size"],
         shuffle=True,
         drop_last=True,
         num_workers=cfg["num_workers"],
         persistent_workers=cfg["num_workers"] > 0,
         pin_memory=on_cuda,
-        generator=torch.Generator().manual_seed(cfg["seed"]),
     )
     optimizer = torch.optim.AdamW(
         parameter_groups(model, cfg["weight_decay"]), lr=cfg["learning_rate"], fused=on_cuda
     )
-    steps_per_epoch = math.ceil(len(loader) / cfg["gradient_accumulation_steps"])
+    accumulation = cfg["gradient_accumulation_steps"]
+    steps_per_epoch = math.ceil(len(loader) / accumulation)
     total_steps = cfg["epochs"] * steps_per_epoch
     scheduler = get_cosine_schedule_with_warmup(
         optimizer, int(cfg["warmup_ratio"] * total_steps), total_steps
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    progress = Progress(augment_seed=cfg["seed"] + 1)
+    accelerator.register_for_checkpointing(progress)
+    checkpoint = latest_checkpoint(list(resume_from))
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        accelerator.print(f"resuming from {checkpoint} (step {progress.step})")
+    resumed_from_step = progress.step
+
     rates = [dataset["positive_rates"]["train"][a] for a in dataset["attributes"]]
     loss_fn = torch.nn.BCEWithLogitsLoss(
         pos_weight=positive_weights(rates, cfg["pos_weight_max"]).to(accelerator.device)
@@ -134,16 +183,26 @@ def train(
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
 
-    augment_rng = torch.Generator().manual_seed(cfg["seed"] + 1)
-    history: list[dict[str, float]] = []
-    step, seen, window_loss, window_start = 0, 0, [], time.perf_counter()
+    seen, window_loss, window_start = 0, [], time.perf_counter()
     started = window_start
-    progress = tqdm(total=total_steps, disable=not accelerator.is_local_main_process, mininterval=5)
+    bar = tqdm(
+        total=total_steps,
+        initial=progress.step,
+        disable=not accelerator.is_local_main_process,
+        mininterval=5,
+    )
     model.train()
-    for epoch in range(cfg["epochs"]):
-        for pixels, labels in loader:
+    first_epoch, steps_into_epoch = divmod(progress.step, steps_per_epoch)
+    for epoch in range(first_epoch, cfg["epochs"]):
+        loader.set_epoch(epoch)
+        batches = loader
+        if epoch == first_epoch and steps_into_epoch:
+            batches = accelerator.skip_first_batches(loader, steps_into_epoch * accumulation)
+        for pixels, labels in batches:
             with accelerator.accumulate(model):
-                x = augment(to_model_input(pixels, preprocessing), augment_rng, cfg["max_shift"])
+                x = augment(
+                    to_model_input(pixels, preprocessing), progress.augment_rng, cfg["max_shift"]
+                )
                 logits = model(pixel_values=x).logits
                 loss = loss_fn(logits.float(), labels)
                 accelerator.backward(loss)
@@ -156,8 +215,9 @@ def train(
             window_loss.append(loss.detach())
             if not accelerator.sync_gradients:
                 continue
-            step += 1
-            progress.update(1)
+            progress.step += 1
+            step = progress.step
+            bar.update(1)
             if step % cfg["log_every"] == 0 or step == total_steps:
                 now = time.perf_counter()
                 record = {
@@ -168,17 +228,24 @@ def train(
                     "images_per_second": seen * accelerator.num_processes / (now - window_start),
                     "elapsed_seconds": now - started,
                 }
-                history.append(record)
+                progress.history.append(record)
                 accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
-                progress.set_postfix(loss=f"{record['loss']:.4f}")
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
                 if on_log:
                     on_log({**record, "total_steps": total_steps})
                 seen, window_loss, window_start = 0, [], time.perf_counter()
             if step % cfg["checkpoint_every"] == 0 and accelerator.is_main_process:
                 save_checkpoint(accelerator, checkpoint_dir, step, cfg["keep_checkpoints"])
-    progress.close()
+            if on_step:
+                on_step(step)
+    bar.close()
     accelerator.end_training()
-    return TrainResult(model=accelerator.unwrap_model(model), history=history, steps=step)
+    return TrainResult(
+        model=accelerator.unwrap_model(model),
+        history=progress.history,
+        steps=progress.step,
+        resumed_from_step=resumed_from_step,
+    )
 
 
 def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -40,13 +40,23 @@ def smoke_config() -> dict:
     return json.loads(SMOKE.read_text())
 
 
-def run_flow(config: dict, flow: Path = FLOW, expect: str = "successful", **parameters) -> Run:
-    """Run a flow as a user would and check how it ended (Runner does not raise)."""
+def run_flow(config: dict, expect: str = "successful", **parameters) -> Run:
+    """Run TrainFlow as a user would and check how it ended: Runner does not raise."""
+    return _launch("run", [("config", config)], expect, **parameters)
+
+
+def resume_flow(origin: Run, expect: str = "successful") -> Run:
+    """`resume --origin-run-id`: Metaflow reuses the origin's config and refuses a new one."""
+    return _launch("resume", None, expect, origin_run_id=origin.id)
+
+
+def _launch(command: str, config_value, expect: str, **options) -> Run:
     # Cards are written under the working directory's .metaflow, whatever the sysroot says:
     # run from the datastore folder so that they land where the client reads them.
     cwd = os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"]
-    with Runner(str(flow), show_output=False, cwd=cwd, config_value=[("config", config)]) as runner:
-        result = runner.run(**parameters)
+    settings = {"config_value": config_value} if config_value else {}
+    with Runner(str(FLOW), show_output=False, cwd=cwd, **settings) as runner:
+        result = getattr(runner, command)(**options)
         assert result.status == expect, result.stderr[-3000:]
         return result.run
 
