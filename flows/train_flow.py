@@ -48,14 +48,14 @@ class TrainFlow(FlowSpec):
         from lib.cards import TrainingCard
         from lib.faults import inject
         from lib.model import model_to_files, preprocessing_of
-        from lib.storage import checkpoint_dir
+        from lib.storage import checkpoint_place
         from lib.train import train
 
         # A retry finds this run's own checkpoints; a resumed run finds its origin's.
-        checkpoints = checkpoint_dir(current.flow_name, current.run_id)
+        checkpoints = checkpoint_place(current.flow_name, current.run_id)
         previous = [checkpoints]
         if current.origin_run_id:
-            previous.append(checkpoint_dir(current.flow_name, current.origin_run_id))
+            previous.append(checkpoint_place(current.flow_name, current.origin_run_id))
         card = TrainingCard(current.card)
         result = train(
             self.config,

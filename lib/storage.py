@@ -1,15 +1,136 @@
-"""Where runs keep files that are not artifacts (training checkpoints)."""
+"""Where runs keep files that are not artifacts: training checkpoints.
+
+Checkpoints are written to a local folder inside Metaflow's local datastore root, keyed by
+flow and run. When the run's datastore is GCS (METAFLOW_DEFAULT_DATASTORE=gs), each finished
+checkpoint is also mirrored under the same gs:// root, so a retry or resume on another
+machine finds it.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from metaflow.plugins.datastores.local_storage import LocalStorage
 
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
-def checkpoint_dir(flow_name: str, run_id: str) -> Path:
-    """Checkpoints of one run, inside Metaflow's local datastore root (the .metaflow folder
-    that METAFLOW_DATASTORE_SYSROOT_LOCAL or the working tree selects), so that a resumed
-    run finds its origin's."""
+CHECKPOINTS = "_checkpoints"
+COMPLETE = "COMPLETE"  # written last: a mirrored checkpoint without it is ignored
+
+
+PREFIX = "step_"
+
+
+@dataclass
+class CheckpointPlace:
+    """One run's checkpoints: a local folder of step_* folders, and its gs:// mirror when the
+    datastore is GCS."""
+
+    folder: Path
+    mirror: GCSMirror | None = None
+
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint, fetched from the mirror when this machine has none.
+        Only finished saves are named step_*, so a partial one is never a candidate."""
+        found = sorted(self.folder.glob(f"{PREFIX}*"))
+        if found:
+            return found[-1]
+        if self.mirror is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            return self.mirror.pull_latest(self.folder)
+        return None
+
+    def save(self, accelerator: Accelerator, step: int, keep: int) -> Path:
+        """accelerator.save_state into a temporary folder, renamed when complete: a kill
+        mid-save leaves no broken checkpoint. Keeps the newest `keep`, here and mirrored."""
+        final = self.folder / f"{PREFIX}{step:08d}"
+        partial = self.folder / f".partial-{final.name}"
+        shutil.rmtree(partial, ignore_errors=True)
+        accelerator.save_state(str(partial))
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+        for old in sorted(self.folder.glob(f"{PREFIX}*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        if self.mirror is not None:
+            self.mirror.push(final, keep)
+        return final
+
+
+def checkpoint_place(flow_name: str, run_id: str) -> CheckpointPlace:
+    """Where one run keeps its checkpoints: inside the .metaflow folder that
+    METAFLOW_DATASTORE_SYSROOT_LOCAL or the working tree selects, mirrored under
+    METAFLOW_DATASTORE_SYSROOT_GS when METAFLOW_DEFAULT_DATASTORE=gs."""
     root = LocalStorage.get_datastore_root_from_config(lambda *_, **__: None)
-    return Path(root) / "_checkpoints" / flow_name / run_id
+    folder = Path(root) / CHECKPOINTS / flow_name / run_id
+    if os.environ.get("METAFLOW_DEFAULT_DATASTORE") != "gs":
+        return CheckpointPlace(folder)
+    gs_root = os.environ.get("METAFLOW_DATASTORE_SYSROOT_GS")
+    if not gs_root:
+        raise ValueError("METAFLOW_DEFAULT_DATASTORE=gs needs METAFLOW_DATASTORE_SYSROOT_GS")
+    mirror = GCSMirror(f"{gs_root.rstrip('/')}/{CHECKPOINTS}/{flow_name}/{run_id}")
+    return CheckpointPlace(folder, mirror)
+
+
+def _storage_client():
+    from google.cloud import storage
+
+    if os.environ.get("STORAGE_EMULATOR_HOST"):  # tests: a local emulator, no credentials
+        from google.auth.credentials import AnonymousCredentials
+
+        return storage.Client(project="facet-test", credentials=AnonymousCredentials())
+    return storage.Client()
+
+
+class GCSMirror:
+    """A gs://bucket/prefix holding step_* checkpoint folders."""
+
+    def __init__(self, uri: str):
+        if not uri.startswith("gs://"):
+            raise ValueError(f"expected a gs:// URI, got {uri!r}")
+        bucket, _, self.prefix = uri[len("gs://") :].partition("/")
+        self.uri = uri
+        self.bucket = _storage_client().bucket(bucket)
+
+    def _complete_steps(self) -> list[str]:
+        names = (blob.name for blob in self.bucket.list_blobs(prefix=f"{self.prefix}/"))
+        marker = f"/{COMPLETE}"
+        return sorted(n[len(self.prefix) + 1 : -len(marker)] for n in names if n.endswith(marker))
+
+    def push(self, folder: Path, keep: int) -> None:
+        """Upload a finished checkpoint folder, mark it complete, drop the oldest beyond keep."""
+        remote = f"{self.prefix}/{folder.name}"
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                self.bucket.blob(f"{remote}/{path.relative_to(folder)}").upload_from_filename(path)
+        self.bucket.blob(f"{remote}/{COMPLETE}").upload_from_string(b"")
+        for old in self._complete_steps()[:-keep]:
+            # The marker goes first, so a half-deleted checkpoint is never taken as complete.
+            self.bucket.blob(f"{self.prefix}/{old}/{COMPLETE}").delete()
+            for blob in self.bucket.list_blobs(prefix=f"{self.prefix}/{old}/"):
+                blob.delete()
+
+    def pull_latest(self, into: Path) -> Path | None:
+        """Download the newest complete checkpoint into `into`/step_*; None if there is none."""
+        steps = self._complete_steps()
+        if not steps:
+            return None
+        final = into / steps[-1]
+        if final.exists():
+            return final
+        partial = into / f".partial-{steps[-1]}"
+        shutil.rmtree(partial, ignore_errors=True)
+        remote = f"{self.prefix}/{steps[-1]}/"
+        for blob in self.bucket.list_blobs(prefix=remote):
+            relative = blob.name[len(remote) :]
+            if relative == COMPLETE:
+                continue
+            target = partial / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            blob.download_to_filename(target)
+        partial.rename(final)
+        return final

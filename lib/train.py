@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,8 +20,7 @@ from transformers import get_cosine_schedule_with_warmup
 from lib.data import CachedSplit
 from lib.model import build_model, preprocessing_of
 from lib.preprocess import to_model_input
-
-CHECKPOINT_PREFIX = "step_"
+from lib.storage import CheckpointPlace
 
 
 @dataclass
@@ -96,43 +93,20 @@ def _tracker(train_config: dict[str, Any]) -> str | None:
     return "wandb"
 
 
-def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, step: int, keep: int) -> Path:
-    """save_state into a temporary folder, then rename: a kill mid-save leaves no broken
-    checkpoint behind. Keeps the newest `keep`."""
-    final = checkpoint_dir / f"{CHECKPOINT_PREFIX}{step:08d}"
-    partial = checkpoint_dir / f".partial-{final.name}"
-    shutil.rmtree(partial, ignore_errors=True)
-    accelerator.save_state(str(partial))
-    shutil.rmtree(final, ignore_errors=True)
-    partial.rename(final)
-    for old in sorted(checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def latest_checkpoint(folders: list[Path]) -> Path | None:
-    """The newest complete checkpoint in the first folder that has one. Partial saves are
-    never candidates: only a finished save is renamed to step_*."""
-    for folder in folders:
-        found = sorted(Path(folder).glob(f"{CHECKPOINT_PREFIX}*"))
-        if found:
-            return found[-1]
-    return None
-
-
 def train(
     config: dict[str, Any],
     dataset: dict[str, Any],
-    checkpoint_dir: str | Path,
-    resume_from: Sequence[Path] = (),
+    checkpoints: CheckpointPlace,
+    resume_from: Sequence[CheckpointPlace] = (),
     on_log: Callable[[dict[str, float]], None] | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train the configured model on the prepared dataset; return the unwrapped model and the
     logged history. Logs loss, lr and images/s to the tracker every `log_every` steps and
-    checkpoints into `checkpoint_dir` every `checkpoint_every` steps.
+    saves a checkpoint into `checkpoints` every `checkpoint_every` steps.
 
-    If a folder in `resume_from` holds a checkpoint, training continues from the newest one:
+    If a place in `resume_from` holds a checkpoint, training continues from the newest one
+    of the first such place:
     same weights, optimizer and scheduler state, RNGs, and position in the data, so the
     result matches an uninterrupted run."""
     cfg = config["train"]
@@ -169,7 +143,7 @@ def train(
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     progress = Progress(augment_seed=cfg["seed"] + 1)
     accelerator.register_for_checkpointing(progress)
-    checkpoint = latest_checkpoint(list(resume_from))
+    checkpoint = next(filter(None, (place.latest() for place in resume_from)), None)
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         accelerator.print(f"resuming from {checkpoint} (step {progress.step})")
@@ -180,8 +154,6 @@ def train(
         pos_weight=positive_weights(rates, cfg["pos_weight_max"]).to(accelerator.device)
     )
     accelerator.init_trackers(config.get("project", "facet"), config=_flat(config))
-    checkpoint_dir = Path(checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
 
     seen, window_loss, window_start = 0, [], time.perf_counter()
     started = window_start
@@ -235,7 +207,7 @@ def train(
                     on_log({**record, "total_steps": total_steps})
                 seen, window_loss, window_start = 0, [], time.perf_counter()
             if step % cfg["checkpoint_every"] == 0 and accelerator.is_main_process:
-                save_checkpoint(accelerator, checkpoint_dir, step, cfg["keep_checkpoints"])
+                checkpoints.save(accelerator, step, cfg["keep_checkpoints"])
             if on_step:
                 on_step(step)
     bar.close()

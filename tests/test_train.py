@@ -2,7 +2,8 @@ import torch
 from accelerate import Accelerator
 from transformers import ViTConfig, ViTForImageClassification
 
-from lib.train import augment, parameter_groups, positive_weights, save_checkpoint
+from lib.storage import CheckpointPlace
+from lib.train import augment, parameter_groups, positive_weights
 
 
 def test_positive_weights_follow_prevalence_and_are_clipped():
@@ -48,10 +49,10 @@ def test_augment_flips_and_shifts_without_changing_shape():
 def test_checkpoints_are_complete_and_pruned(tmp_path):
     accelerator = Accelerator(cpu=True)
     model = accelerator.prepare(torch.nn.Linear(2, 2))
-    folder = tmp_path / "checkpoints"
-    folder.mkdir()
+    place = CheckpointPlace(tmp_path / "checkpoints")
     for step in (10, 20, 30):
-        save_checkpoint(accelerator, folder, step, keep=2)
+        place.save(accelerator, step, keep=2)
+    folder = place.folder
     kept = sorted(p.name for p in folder.iterdir())
     assert kept == ["step_00000020", "step_00000030"]  # no leftover partial folders
     assert any((folder / "step_00000030").glob("*.safetensors"))
