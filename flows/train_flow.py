@@ -48,20 +48,16 @@ class TrainFlow(FlowSpec):
         from lib.cards import TrainingCard
         from lib.faults import inject
         from lib.model import model_to_files, preprocessing_of
-        from lib.storage import checkpoint_place
+        from lib.storage import checkpoint_places
         from lib.train import train
 
-        # A retry finds this run's own checkpoints; a resumed run finds its origin's.
-        checkpoints = checkpoint_place(current.flow_name, current.run_id)
-        previous = [checkpoints]
-        if current.origin_run_id:
-            previous.append(checkpoint_place(current.flow_name, current.origin_run_id))
+        places = checkpoint_places(current.flow_name, current.run_id, current.origin_run_id)
         card = TrainingCard(current.card)
         result = train(
             self.config,
             self.dataset,
-            checkpoints,
-            resume_from=previous,
+            checkpoints=places[0],
+            resume_from=places,
             on_log=card,
             on_step=lambda step: inject("train", step, current.retry_count),
         )
@@ -91,17 +87,13 @@ class TrainFlow(FlowSpec):
 
     @step
     def end(self):
+        from lib.evaluate import headline
         from lib.registry import promote_if_better
 
         run = f"{current.flow_name}/{current.run_id}"
         self.champion, reason = promote_if_better(run, self.dataset, self.metrics)
-        m = self.metrics
-        print(
-            f"test mean accuracy {m['mean_accuracy']:.4f} (majority baseline "
-            f"{m['majority_baseline_accuracy']:.4f}), mean balanced accuracy "
-            f"{m['mean_balanced_accuracy']:.4f}; {reason}"
-        )
-        if not m["beats_baseline"] and self.config.require_beats_baseline:
+        print(f"{headline(self.metrics)}; {reason}")
+        if not self.metrics["beats_baseline"] and self.config.require_beats_baseline:
             raise RuntimeError(
                 "The model does not beat the majority-class baseline on the test split: it has "
                 "probably collapsed. Its artifacts are kept; see the evaluate card."

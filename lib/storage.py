@@ -61,6 +61,18 @@ class CheckpointPlace:
         return final
 
 
+def checkpoint_places(
+    flow_name: str, run_id: str, origin_run_id: str | None = None
+) -> list[CheckpointPlace]:
+    """Where a run looks for checkpoints to continue from, in order: its own (a @retry
+    attempt finds those of the attempt before) and, when resumed, its origin run's. The
+    first is also where it writes."""
+    places = [checkpoint_place(flow_name, run_id)]
+    if origin_run_id:
+        places.append(checkpoint_place(flow_name, origin_run_id))
+    return places
+
+
 def checkpoint_place(flow_name: str, run_id: str) -> CheckpointPlace:
     """Where one run keeps its checkpoints: inside the .metaflow folder that
     METAFLOW_DATASTORE_SYSROOT_LOCAL or the working tree selects, mirrored under

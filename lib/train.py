@@ -106,9 +106,8 @@ def train(
     saves a checkpoint into `checkpoints` every `checkpoint_every` steps.
 
     If a place in `resume_from` holds a checkpoint, training continues from the newest one
-    of the first such place:
-    same weights, optimizer and scheduler state, RNGs, and position in the data, so the
-    result matches an uninterrupted run."""
+    of the first such place, with the same weights, optimizer and scheduler state, RNGs and
+    position in the data, so the result matches an uninterrupted run."""
     cfg = config["train"]
     on_cuda = torch.cuda.is_available()
     accelerator = Accelerator(
