@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from lib import synthetic
-from lib.celeba import SPLITS, CelebAIndex, read_celeba
+from lib.celeba import SPLITS, CelebAIndex, ImageFolder, ImageZip, read_celeba
 from lib.preprocess import PREPROCESS_VERSION, decode_image, preprocess
 
 MANIFEST = "manifest.json"
@@ -35,13 +35,14 @@ class BadImagesError(ValueError):
 
 
 def fingerprint(index: CelebAIndex) -> str:
-    """Identifies the source: label files' bytes and every listed image's name and size."""
-    digest = hashlib.sha256()
-    for path in index.label_files:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    sizes = {entry.name: entry.stat().st_size for entry in os.scandir(index.image_dir)}
-    for name in index.files:
-        digest.update(f"{name}\0{sizes.get(name, -1)}\n".encode())
+    """Identifies the data, not its packaging: attribute names, every labelled image's name
+    and size, its labels and its split. The same images and labels in another layout (zip,
+    Kaggle's CSVs) give the same fingerprint; one changed label gives another."""
+    digest = hashlib.sha256("\0".join(index.attributes).encode())
+    sizes = index.images.sizes()
+    digest.update("".join(f"{name}\0{sizes.get(name, -1)}\n" for name in index.files).encode())
+    digest.update(index.labels.tobytes())
+    digest.update(index.split.tobytes())
     return digest.hexdigest()
 
 
@@ -61,10 +62,10 @@ def resolve_source(data: str, synthetic_spec: dict[str, Any] | None = None) -> t
     return uri, root
 
 
-def _decode_one(args: tuple[str, int]) -> np.ndarray | str:
-    path, size = args
+def _decode_one(args: tuple[ImageFolder | ImageZip, str, int]) -> np.ndarray | str:
+    images, name, size = args
     try:
-        return preprocess(decode_image(path), size)
+        return preprocess(decode_image(images.read(name)), size)
     except FileNotFoundError:
         return "missing"
     except Exception as error:  # any decoder failure makes the image unreadable, not the run
@@ -90,7 +91,7 @@ def prepare(
     if (cache_dir / MANIFEST).exists():
         manifest = json.loads((cache_dir / MANIFEST).read_text())
         _check_skipped(manifest, allow_skipped)
-        return {**manifest, "source": source, "cache_reused": True}
+        return {**manifest, "source": source, "layout": index.layout, "cache_reused": True}
 
     # Build in a scratch folder and rename at the end: a killed run never leaves a half cache.
     scratch = cache_dir.with_name(f"{key}.tmp-{os.getpid()}")
@@ -102,7 +103,7 @@ def prepare(
     )
     ok = np.zeros(n, dtype=bool)
     bad: dict[str, list[str]] = {"missing": [], "unreadable": []}
-    jobs = [(str(index.image_dir / name), image_size) for name in index.files]
+    jobs = [(index.images, name, image_size) for name in index.files]
     with Pool(processes or os.cpu_count()) as pool:
         for i, result in enumerate(pool.imap(_decode_one, jobs, chunksize=256)):
             if isinstance(result, str):
@@ -122,7 +123,7 @@ def prepare(
     shutil.rmtree(cache_dir, ignore_errors=True)
     scratch.rename(cache_dir)
     _check_skipped(manifest, allow_skipped)
-    return {**manifest, "source": source, "cache_reused": False}
+    return {**manifest, "source": source, "layout": index.layout, "cache_reused": False}
 
 
 def _manifest(index, source_fingerprint, key, cache_dir, settings, ok, bad) -> dict[str, Any]:

@@ -1,14 +1,15 @@
 """A deterministic synthetic CelebA: procedurally drawn faces in CelebA's exact file layout.
 
     python -m lib.synthetic OUT_DIR --n 20000 --seed 0 [--shift blur=2]
-        [--prevalence Eyeglasses=0.4]
+        [--prevalence Eyeglasses=0.4] [--layout official|zip|kaggle]
 
 writes OUT_DIR/img_align_celeba/000001.jpg ... (178x218 RGB JPEG), list_attr_celeba.txt and
 list_eval_partition.txt, formatted like the official files (count line, header with a trailing
-space, padded -1/1 columns). Every attribute is sampled at CelebA's positive rate; the ones in
-DRAWN_ATTRIBUTES are painted on the face, the rest are labels without a visual cue, so a model
-should score about chance on them. Each image depends only on (seed, index), so generation is
-parallel and any image can be regenerated alone.
+space, padded -1/1 columns); or the same with the images in img_align_celeba.zip, or Kaggle's
+layout (nested image folder, CSV label files). Every attribute is sampled at CelebA's positive
+rate; the ones in DRAWN_ATTRIBUTES are painted on the face, the rest are labels without a
+visual cue, so a model should score about chance on them. Each image depends only on
+(seed, index), so generation is parallel and any image can be regenerated alone.
 
 Cues are drawn boldly on purpose: the model sees the central 178x178 square shrunk to 64 px,
 where anything thinner than about 8 source pixels disappears.
@@ -17,7 +18,10 @@ where anything thinner than about 8 source pixels disappears.
 from __future__ import annotations
 
 import argparse
+import csv
 import os
+import shutil
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from multiprocessing import Pool
@@ -25,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from lib import celeba
 
 WIDTH, HEIGHT = 178, 218
 
@@ -106,6 +112,7 @@ HAIR_COLOURS = {
 OTHER_HAIR = [(175, 65, 35), (205, 115, 50)]  # auburn and ginger: "none of the four"
 SATURATED = [(200, 30, 40), (30, 70, 200), (30, 150, 60), (230, 120, 20), (120, 40, 160)]
 SHIFT_NAMES = ("brightness", "contrast", "blur", "noise")
+LAYOUTS = ("official", "zip", "kaggle")
 # CelebA's official split sizes, used as proportions: 162,770 / 19,867 / 19,962.
 SPLIT_SHARES = (162_770 / 202_599, 19_867 / 202_599)
 
@@ -308,17 +315,35 @@ def _generate_one(args: tuple[Spec, int, str]) -> list[int]:
     return [labels[name] for name in ATTRIBUTES]
 
 
-def generate(out_dir: str | Path, spec: Spec, processes: int | None = None) -> Path:
-    """Write the dataset under out_dir in the official CelebA layout and return out_dir."""
+def generate(
+    out_dir: str | Path, spec: Spec, processes: int | None = None, layout: str = "official"
+) -> Path:
+    """Write the dataset under out_dir in one of CelebA's layouts (see lib.celeba): official,
+    zip (the images inside img_align_celeba.zip) or kaggle (nested folder, CSV labels)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; known: {list(LAYOUTS)}")
     out = Path(out_dir)
-    image_dir = out / "img_align_celeba"
+    image_dir = out / celeba.IMAGE_DIR
+    if layout == "kaggle":
+        image_dir = image_dir / celeba.IMAGE_DIR
     image_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(spec, i, str(image_dir)) for i in range(spec.n)]
     with Pool(processes or os.cpu_count()) as pool:
         rows = pool.map(_generate_one, jobs, chunksize=64)
-    write_attribute_file(out / "list_attr_celeba.txt", [file_name(i) for i in range(spec.n)], rows)
-    partition = "".join(f"{file_name(i)} {split_of(i, spec.n)}\n" for i in range(spec.n))
-    (out / "list_eval_partition.txt").write_text(partition)
+    names = [file_name(i) for i in range(spec.n)]
+    splits = [split_of(i, spec.n) for i in range(spec.n)]
+    if layout == "kaggle":
+        write_kaggle_label_files(out, names, rows, splits)
+        return out
+    write_attribute_file(out / celeba.ATTRIBUTE_FILE, names, rows)
+    partition = "".join(f"{name} {split}\n" for name, split in zip(names, splits, strict=True))
+    (out / celeba.PARTITION_FILE).write_text(partition)
+    if layout == "zip":
+        # JPEGs do not compress: store them, as the official archive does.
+        with zipfile.ZipFile(out / celeba.IMAGE_ZIP, "w", zipfile.ZIP_STORED) as archive:
+            for name in names:
+                archive.write(image_dir / name, f"{celeba.IMAGE_DIR}/{name}")
+        shutil.rmtree(image_dir)
     return out
 
 
@@ -328,6 +353,18 @@ def write_attribute_file(path: Path, names: list[str], rows: Iterable[list[int]]
     for name, row in zip(names, rows, strict=True):
         lines.append(name + "".join(f" {1 if v else -1:>2}" for v in row))
     path.write_text("\n".join(lines) + "\n")
+
+
+def write_kaggle_label_files(out: Path, names: list[str], rows: list, splits: list[int]) -> None:
+    with (out / celeba.KAGGLE_ATTRIBUTE_FILE).open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image_id", *ATTRIBUTES])
+        for name, row in zip(names, rows, strict=True):
+            writer.writerow([name, *(1 if v else -1 for v in row)])
+    with (out / celeba.KAGGLE_PARTITION_FILE).open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image_id", "partition"])
+        writer.writerows(zip(names, splits, strict=True))
 
 
 def _parse_pairs(pairs: list[str], flag: str) -> dict[str, float]:
@@ -350,6 +387,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir")
     parser.add_argument("--n", type=int, default=20_000, help="number of images")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layout", choices=LAYOUTS, default="official")
     parser.add_argument(
         "--shift",
         action="append",
@@ -374,7 +412,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     except ValueError as error:
         raise SystemExit(str(error)) from None
-    print(f"wrote {spec.n} images to {generate(args.out_dir, spec)}")
+    print(f"wrote {spec.n} images to {generate(args.out_dir, spec, layout=args.layout)}")
 
 
 if __name__ == "__main__":

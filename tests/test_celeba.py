@@ -72,3 +72,46 @@ def test_labelled_image_without_split_is_an_error(tmp_path):
     root = write_celeba(tmp_path, OFFICIAL, "image_1.jpg 0\n")
     with pytest.raises(ValueError, match="2 labelled images have no split"):
         read_celeba(root)
+
+
+def test_reads_kaggle_csvs_joined_by_name(tmp_path):
+    (tmp_path / "img_align_celeba" / "img_align_celeba").mkdir(parents=True)
+    (tmp_path / "list_attr_celeba.csv").write_text(
+        "image_id,Bald,Smiling\nimage_10.jpg,1,-1\nimage_2.jpg,-1,1\n"
+    )
+    (tmp_path / "list_eval_partition.csv").write_text(
+        "image_id,partition\nimage_2.jpg,2\nimage_10.jpg,0\n"
+    )
+    index = read_celeba(tmp_path)
+    assert index.layout == "kaggle" and index.attributes == ["Bald", "Smiling"]
+    assert dict(zip(index.files, index.labels.tolist(), strict=True)) == {
+        "image_10.jpg": [1, 0],
+        "image_2.jpg": [0, 1],
+    }
+    assert dict(zip(index.files, index.split.tolist(), strict=True)) == {
+        "image_10.jpg": 0,
+        "image_2.jpg": 2,
+    }
+
+
+@pytest.mark.parametrize(
+    "attr, message",
+    [
+        ("name,Bald\nx.jpg,1\n", "header starting with image_id"),
+        ("image_id,Bald\nx.jpg,1,1\n", "expected image_id and 1 values"),
+        ("image_id,Bald\nx.jpg,0\n", "values must be 1 or -1"),
+    ],
+)
+def test_rejects_malformed_kaggle_files(tmp_path, attr, message):
+    (tmp_path / "img_align_celeba" / "img_align_celeba").mkdir(parents=True)
+    (tmp_path / "list_attr_celeba.csv").write_text(attr)
+    (tmp_path / "list_eval_partition.csv").write_text("image_id,partition\nx.jpg,0\n")
+    with pytest.raises(ValueError, match=message):
+        read_celeba(tmp_path)
+
+
+def test_kaggle_layout_without_its_nested_image_folder_names_the_path(tmp_path):
+    (tmp_path / "img_align_celeba").mkdir()
+    (tmp_path / "list_attr_celeba.csv").write_text("image_id,Bald\n")
+    with pytest.raises(FileNotFoundError, match="img_align_celeba/img_align_celeba"):
+        read_celeba(tmp_path)

@@ -114,3 +114,69 @@ def test_synthetic_source_is_generated_once(tmp_path):
     stamp = (root / "list_attr_celeba.txt").stat().st_mtime_ns
     assert resolve_source("synthetic", {"n": 12, "seed": 5}) == (uri, root)
     assert (root / "list_attr_celeba.txt").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("layout", ["zip", "kaggle"])
+def test_every_layout_prepares_to_the_same_arrays(tmp_path, layout, monkeypatch):
+    spec = synthetic.make_spec(30, seed=2)
+    official = prepare("x", synthetic.generate(tmp_path / "official", spec), image_size=24)
+    monkeypatch.setenv("FACET_CACHE", str(tmp_path / "another-cache"))  # decode it all again
+    other = prepare("x", synthetic.generate(tmp_path / layout, spec, layout=layout), image_size=24)
+    assert other["layout"] == layout and official["layout"] == "official"
+    assert other["cache_dir"] != official["cache_dir"] and not other["cache_reused"]
+    # Same content, same dataset: the fingerprint does not depend on the packaging.
+    assert other["fingerprint"] == official["fingerprint"]
+    assert other["split_sizes"] == official["split_sizes"]
+    assert other["positive_rates"] == official["positive_rates"]
+    for name in ("images.npy", "labels.npy", "split.npy"):
+        a = np.load(f"{official['cache_dir']}/{name}")
+        b = np.load(f"{other['cache_dir']}/{name}")
+        assert np.array_equal(a, b), name
+    if layout == "zip":
+        assert not (tmp_path / "zip" / "img_align_celeba").exists()  # read in place
+
+
+def test_missing_member_of_a_zip_is_counted(tmp_path):
+    import zipfile
+
+    root = synthetic.generate(tmp_path / "z", synthetic.make_spec(12, seed=3), layout="zip")
+    archive = root / "img_align_celeba.zip"
+    kept = zipfile.ZipFile(archive).namelist()[1:]  # drop 000001.jpg
+    contents = {name: zipfile.ZipFile(archive).read(name) for name in kept}
+    with zipfile.ZipFile(archive, "w") as rewritten:
+        for name, data in contents.items():
+            rewritten.writestr(name, data)
+    manifest = prepare("z", root, image_size=16, allow_skipped=True)
+    assert manifest["skipped"]["missing"] == {"count": 1, "names": ["000001.jpg"]}
+
+
+def test_damaged_and_unusual_images_are_converted_or_counted(tmp_path):
+    """PNG, grayscale, CMYK, 16-bit, EXIF-rotated and odd-sized files are converted; a
+    truncated JPEG is counted as unreadable, by name."""
+    root = synthetic.generate(tmp_path / "odd", synthetic.make_spec(10, seed=4))
+    folder = root / "img_align_celeba"
+    face = Image.open(folder / "000001.jpg")
+    face.save(folder / "000002.jpg", format="PNG")  # a PNG behind a .jpg name
+    face.convert("L").save(folder / "000003.jpg")
+    face.convert("CMYK").save(folder / "000004.jpg")
+    Image.fromarray(np.asarray(face.convert("L"), dtype=np.uint16) * 256).save(
+        folder / "000005.jpg", format="PNG"
+    )
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    face.rotate(-90, expand=True).save(folder / "000006.jpg", exif=exif)
+    face.resize((300, 400)).save(folder / "000007.jpg")
+    payload = (folder / "000008.jpg").read_bytes()
+    (folder / "000008.jpg").write_bytes(payload[: len(payload) // 3])
+
+    with pytest.raises(BadImagesError, match=r"000008\.jpg"):
+        prepare("odd", root, image_size=32)
+    manifest = prepare("odd", root, image_size=32, allow_skipped=True)
+    assert manifest["skipped"]["unreadable"]["count"] == 1
+    assert manifest["skipped"]["unreadable"]["names"][0].startswith("000008.jpg")
+    assert manifest["skipped"]["missing"]["count"] == 0
+    images = np.load(f"{manifest['cache_dir']}/images.npy")
+    reference = images[0].astype(int)
+    assert np.abs(images[1].astype(int) - reference).mean() < 3  # PNG: same picture
+    assert np.abs(images[5].astype(int) - reference).mean() < 12  # EXIF rotation undone
+    assert images[2].std(axis=2).max() == 0  # grayscale became three equal channels
