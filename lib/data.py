@@ -21,6 +21,7 @@ import torch
 from lib import synthetic
 from lib.celeba import SPLITS, CelebAIndex, ImageFolder, ImageZip, read_celeba
 from lib.preprocess import PREPROCESS_VERSION, decode_image, preprocess
+from lib.storage import fetch_prefix
 
 MANIFEST = "manifest.json"
 MAX_NAMED = 100  # named per kind of bad image in the manifest; the count is always exact
@@ -47,8 +48,12 @@ def fingerprint(index: CelebAIndex) -> str:
 
 
 def resolve_source(data: str, synthetic_spec: dict[str, Any] | None = None) -> tuple[str, Path]:
-    """Map the config's `data` to (source URI, local CelebA folder). "synthetic" generates the
+    """Map the config's `data` to (source URI, local CelebA folder). A gs:// URI is mirrored
+    under the cache root (later runs download only what changed); "synthetic" generates the
     embedded default dataset once, keyed by its spec, under the cache root."""
+    if data.startswith("gs://"):
+        key = hashlib.sha256(data.encode()).hexdigest()[:16]
+        return data, fetch_prefix(data, cache_root() / "gcs" / key)
     if data != "synthetic":
         return str(Path(data).resolve()), Path(data)
     spec = synthetic.make_spec(**(synthetic_spec or {}))
@@ -83,7 +88,12 @@ def prepare(
 
     Missing or unreadable images are counted and named in the manifest. Unless
     `allow_skipped`, any such image fails the preparation (BadImagesError)."""
-    index = read_celeba(root)
+    try:
+        index = read_celeba(root)
+    except FileNotFoundError as error:
+        if source.startswith("gs://"):
+            raise FileNotFoundError(f"{error}, in {root}, the local mirror of {source}") from None
+        raise
     source_fingerprint = fingerprint(index)
     settings = {"image_size": image_size, "preprocess_version": PREPROCESS_VERSION}
     key = hashlib.sha256(f"{source_fingerprint}{json.dumps(settings)}".encode()).hexdigest()[:24]

@@ -1,4 +1,4 @@
-"""Where runs keep files that are not artifacts: training checkpoints.
+"""Files that are not artifacts: datasets fetched from gs://, and training checkpoints.
 
 Checkpoints are written to a local folder inside Metaflow's local datastore root, keyed by
 flow and run. When the run's datastore is GCS (METAFLOW_DEFAULT_DATASTORE=gs), each finished
@@ -88,6 +88,62 @@ def checkpoint_place(flow_name: str, run_id: str) -> CheckpointPlace:
     return CheckpointPlace(folder, mirror)
 
 
+def split_gs_uri(uri: str) -> tuple[str, str]:
+    """gs://bucket/some/prefix -> ("bucket", "some/prefix")."""
+    if not uri.startswith("gs://") or len(uri) <= len("gs://"):
+        raise ValueError(f"expected a gs:// URI, got {uri!r}")
+    bucket, _, prefix = uri[len("gs://") :].partition("/")
+    return bucket, prefix.strip("/")
+
+
+def fetch_prefix(uri: str, into: Path, workers: int = 16, retry=None) -> Path:
+    """Mirror every object under gs://bucket/prefix into a local folder: at most `workers`
+    downloads at once, each retried with exponential backoff on transient errors (429, 5xx,
+    connection resets: google-cloud-storage's DEFAULT_RETRY unless `retry` is given). Files
+    already there with the object's size are kept, so a second fetch only lists. A missing
+    bucket or prefix, or a refused permission, fails naming the URI."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from google.api_core import exceptions
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    retry = retry or DEFAULT_RETRY
+    bucket_name, prefix = split_gs_uri(uri)
+    client = _storage_client()
+    start = f"{prefix}/" if prefix else ""
+    try:
+        blobs = [b for b in client.list_blobs(bucket_name, prefix=start, retry=retry)]
+    except exceptions.NotFound:
+        raise FileNotFoundError(f"bucket not found: gs://{bucket_name}") from None
+    except exceptions.Forbidden as error:
+        raise PermissionError(f"not allowed to list {uri}: {error.message}") from None
+    blobs = [b for b in blobs if not b.name.endswith("/")]
+    if not blobs:
+        raise FileNotFoundError(f"no objects under {uri}")
+
+    def download(blob) -> None:
+        target = into / blob.name[len(start) :]
+        if target.exists() and target.stat().st_size == blob.size:
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            blob.download_to_filename(partial, retry=retry)
+        except exceptions.NotFound:
+            raise FileNotFoundError(
+                f"object vanished while fetching: gs://{bucket_name}/{blob.name}"
+            ) from None
+        except exceptions.Forbidden as error:
+            raise PermissionError(
+                f"not allowed to read gs://{bucket_name}/{blob.name}: {error.message}"
+            ) from None
+        partial.rename(target)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(download, blobs))
+    return into
+
+
 def _storage_client():
     from google.cloud import storage
 
@@ -102,9 +158,7 @@ class GCSMirror:
     """A gs://bucket/prefix holding step_* checkpoint folders."""
 
     def __init__(self, uri: str):
-        if not uri.startswith("gs://"):
-            raise ValueError(f"expected a gs:// URI, got {uri!r}")
-        bucket, _, self.prefix = uri[len("gs://") :].partition("/")
+        bucket, self.prefix = split_gs_uri(uri)
         self.uri = uri
         self.bucket = _storage_client().bucket(bucket)
 

@@ -2,9 +2,11 @@
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
+from gcp_storage_emulator.server import create_server
 
 # Metaflow reads its settings once, at import: a user name must exist before that.
 os.environ.setdefault("METAFLOW_USER", "tests")
@@ -75,3 +77,20 @@ def smoke_run(smoke_home, monkeypatch) -> Run:
     home, pathspec = smoke_home
     use_home(monkeypatch, home)
     return Run(pathspec)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def gcs(monkeypatch):
+    """gcp-storage-emulator on 127.0.0.1 with an empty bucket `facet`."""
+    port = free_port()
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="facet")
+    server.start()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    yield server
+    server.stop()

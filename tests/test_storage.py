@@ -1,28 +1,8 @@
 """Checkpoint places, and their gs:// mirror against a real local GCS emulator."""
 
-import socket
-
 import pytest
-from gcp_storage_emulator.server import create_server
 
 from lib.storage import COMPLETE, CheckpointPlace, GCSMirror, checkpoint_place
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def gcs(monkeypatch):
-    """gcp-storage-emulator on 127.0.0.1 with an empty bucket `facet`."""
-    port = free_port()
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="facet")
-    server.start()
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-    yield server
-    server.stop()
 
 
 def make_checkpoint(folder, step, content):

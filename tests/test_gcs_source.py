@@ -1,0 +1,122 @@
+"""A CelebA folder in a gs:// bucket, against gcp-storage-emulator on 127.0.0.1."""
+
+import http.client
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from conftest import free_port
+from google.cloud.storage.retry import DEFAULT_RETRY
+
+from lib import synthetic
+from lib.data import prepare, resolve_source
+from lib.storage import _storage_client, fetch_prefix
+
+FAST_RETRY = DEFAULT_RETRY.with_delay(initial=0.01, maximum=0.1)
+
+
+def upload(folder, bucket_name, prefix):
+    bucket = _storage_client().bucket(bucket_name)
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            bucket.blob(f"{prefix}/{path.relative_to(folder)}").upload_from_filename(path)
+
+
+class FlakyProxy(ThreadingHTTPServer):
+    """A real HTTP server in front of the emulator that answers 503 to the first `failures`
+    object downloads and forwards everything else. Listings carry each object's mediaLink,
+    which names the emulator, so the proxy rewrites it to itself."""
+
+    def __init__(self, target: str, failures: int):
+        self.target, self.remaining, self.failed = target, failures, 0
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", free_port()), _Forward)
+        self.address = f"127.0.0.1:{self.server_port}"
+
+
+class _Forward(BaseHTTPRequestHandler):
+    def _handle(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+        with self.server.lock:
+            fail = "alt=media" in self.path and self.server.remaining > 0
+            if fail:
+                self.server.remaining -= 1
+                self.server.failed += 1
+        if fail:
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        upstream = http.client.HTTPConnection(self.server.target)
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+        upstream.request(self.command, self.path, body=body or None, headers=headers)
+        reply = upstream.getresponse()
+        payload = reply.read().replace(self.server.target.encode(), self.server.address.encode())
+        self.send_response(reply.status)
+        for key, value in reply.getheaders():
+            if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _handle
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def celeba_in_bucket(gcs, tmp_path):
+    root = synthetic.generate(tmp_path / "local", synthetic.make_spec(24, seed=6))
+    upload(root, "facet", "datasets/celeba")
+    return root
+
+
+def test_gs_source_prepares_exactly_like_the_local_folder(celeba_in_bucket, tmp_path, monkeypatch):
+    local = prepare("local", celeba_in_bucket, image_size=16)
+    monkeypatch.setenv("FACET_CACHE", str(tmp_path / "fresh-cache"))
+    uri, mirror = resolve_source("gs://facet/datasets/celeba")
+    remote = prepare(uri, mirror, image_size=16)
+    assert remote["source"] == "gs://facet/datasets/celeba"
+    assert remote["fingerprint"] == local["fingerprint"]
+    for name in ("images.npy", "labels.npy", "split.npy"):
+        assert np.array_equal(
+            np.load(f"{local['cache_dir']}/{name}"), np.load(f"{remote['cache_dir']}/{name}")
+        )
+    stamp = (mirror / "list_attr_celeba.txt").stat().st_mtime_ns
+    assert resolve_source("gs://facet/datasets/celeba")[1] == mirror
+    assert (mirror / "list_attr_celeba.txt").stat().st_mtime_ns == stamp  # not downloaded again
+
+
+def test_transient_errors_are_retried(celeba_in_bucket, gcs, tmp_path, monkeypatch):
+    emulator = os.environ["STORAGE_EMULATOR_HOST"].removeprefix("http://")
+    proxy = FlakyProxy(emulator, failures=3)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://{proxy.address}")
+        fetch_prefix("gs://facet/datasets/celeba", tmp_path / "mirror", workers=4, retry=FAST_RETRY)
+    finally:
+        proxy.shutdown()
+    assert proxy.failed == 3
+    fetched = sorted(p.name for p in (tmp_path / "mirror" / "img_align_celeba").iterdir())
+    assert fetched == [f"{i:06d}.jpg" for i in range(1, 25)]
+    assert not list((tmp_path / "mirror").rglob("*.partial"))
+
+
+def test_missing_label_object_fails_naming_the_uri(gcs, tmp_path):
+    root = synthetic.generate(tmp_path / "local", synthetic.make_spec(6, seed=7))
+    (root / "list_attr_celeba.txt").unlink()
+    upload(root, "facet", "broken")
+    uri, mirror = resolve_source("gs://facet/broken")
+    with pytest.raises(FileNotFoundError, match=r"attribute file.*gs://facet/broken"):
+        prepare(uri, mirror, image_size=16)
+
+
+def test_nothing_under_the_prefix_or_no_bucket_is_a_clear_error(gcs, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no objects under gs://facet/nothing"):
+        fetch_prefix("gs://facet/nothing", tmp_path / "x", retry=FAST_RETRY)
+    with pytest.raises(FileNotFoundError, match="bucket not found: gs://no-such-bucket"):
+        fetch_prefix("gs://no-such-bucket/x", tmp_path / "y", retry=FAST_RETRY)
