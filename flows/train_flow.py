@@ -82,6 +82,7 @@ class TrainFlow(FlowSpec):
         drawn = synthetic.DRAWN_ATTRIBUTES if synthetic_data else None
         result = evaluate_model(model, preprocessing, self.dataset, self.config, drawn)
         self.thresholds, self.metrics = result.thresholds, result.metrics
+        self.projection, self.reference_features = result.projection, result.reference_features
         current.card.extend(result.card)
         self.next(self.end)
 

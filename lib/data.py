@@ -20,7 +20,7 @@ import torch
 
 from lib import synthetic
 from lib.celeba import SPLITS, CelebAIndex, ImageFolder, ImageZip, read_celeba
-from lib.preprocess import PREPROCESS_VERSION, decode_image, preprocess
+from lib.preprocess import PREPROCESS_VERSION, ImageDecodeError, decode_image, preprocess
 from lib.storage import fetch_prefix
 
 MANIFEST = "manifest.json"
@@ -73,8 +73,8 @@ def _decode_one(args: tuple[ImageFolder | ImageZip, str, int]) -> np.ndarray | s
         return preprocess(decode_image(images.read(name)), size)
     except FileNotFoundError:
         return "missing"
-    except Exception as error:  # any decoder failure makes the image unreadable, not the run
-        return f"unreadable: {type(error).__name__}: {error}"
+    except ImageDecodeError as error:  # unreadable makes the image skipped, not the run failed
+        return f"unreadable: {error}"
 
 
 def prepare(

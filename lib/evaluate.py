@@ -18,6 +18,8 @@ from scipy.stats import rankdata
 
 from lib.cards import evaluation_summary, prediction_grid
 from lib.data import CachedSplit
+from lib.features import Projection, feature_frame, image_features
+from lib.model import logits_and_embedding
 from lib.preprocess import Preprocessing, to_model_input
 
 THRESHOLD_GRID = np.round(np.arange(0.01, 1.0, 0.01), 2)
@@ -144,29 +146,42 @@ def _mean(per_attribute: dict[str, dict[str, float]], names: list[str], key: str
     return float(np.mean([per_attribute[a][key] for a in names if a in per_attribute]))
 
 
+@dataclass
+class SplitPredictions:
+    probs: np.ndarray  # (N, A) sigmoid probabilities
+    labels: np.ndarray  # (N, A) 0/1
+    embeddings: np.ndarray  # (N, D) [CLS] vectors
+    features: np.ndarray  # (N, F) lib.features.image_features
+
+
 @torch.inference_mode()
 def predict(
     model: torch.nn.Module,
     split: CachedSplit,
     preprocessing: Preprocessing,
     batch_size: int = 256,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sigmoid probabilities and labels for every image of a prepared split."""
+) -> SplitPredictions:
+    """Probabilities, labels and embeddings for every image of a prepared split."""
     device = next(model.parameters()).device
     model.eval()
     loader = torch.utils.data.DataLoader(split, batch_size=batch_size)
-    probs, labels = [], []
+    probs, labels, embeddings, features = [], [], [], []
     for pixels, batch_labels in loader:
-        logits = model(pixel_values=to_model_input(pixels.to(device), preprocessing)).logits
+        features.append(image_features(pixels.numpy()))
+        x = to_model_input(pixels.to(device), preprocessing)
+        logits, cls = logits_and_embedding(model, x)
         probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+        embeddings.append(cls.float().cpu().numpy())
         labels.append(batch_labels.numpy().astype(np.uint8))
-    return np.concatenate(probs), np.concatenate(labels)
+    return SplitPredictions(*map(np.concatenate, (probs, labels, embeddings, features)))
 
 
 @dataclass
 class Evaluation:
     thresholds: dict[str, float]
     metrics: dict[str, Any]
+    projection: dict[str, list]  # Projection.to_dict(): fitted on validation embeddings
+    reference_features: Any  # pandas DataFrame: drift features of the test split
     card: list  # Metaflow card components
 
 
@@ -182,9 +197,14 @@ def evaluate_model(
     attributes = dataset["attributes"]
     validation = CachedSplit(dataset["cache_dir"], "validation")
     test = CachedSplit(dataset["cache_dir"], "test")
-    val_probs, val_labels = predict(model, validation, preprocessing, cfg["batch_size"])
-    thresholds = tune_thresholds(val_probs, val_labels, cfg["threshold_objective"])
-    probs, labels = predict(model, test, preprocessing, cfg["batch_size"])
+    val = predict(model, validation, preprocessing, cfg["batch_size"])
+    thresholds = tune_thresholds(val.probs, val.labels, cfg["threshold_objective"])
+    projection = Projection.fit(val.embeddings)
+    tested = predict(model, test, preprocessing, cfg["batch_size"])
+    probs, labels = tested.probs, tested.labels
+    reference = feature_frame(
+        tested.features, probs, projection.transform(tested.embeddings), attributes
+    )
     train_rates = np.array([dataset["positive_rates"]["train"][a] for a in attributes])
     metrics = summarize(attributes, probs, labels, thresholds, train_rates, drawn)
     shown = min(cfg["card_images"], len(test))
@@ -196,5 +216,7 @@ def evaluate_model(
     return Evaluation(
         thresholds={a: float(t) for a, t in zip(attributes, thresholds, strict=True)},
         metrics=metrics,
+        projection=projection.to_dict(),
+        reference_features=reference,
         card=card,
     )

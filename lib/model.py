@@ -79,5 +79,14 @@ def load_model(
     return model.to(device).eval(), preprocessing
 
 
+def logits_and_embedding(
+    model: ViTForImageClassification, pixel_values: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classifier's logits and the [CLS] vector they are computed from (what
+    ViTForImageClassification.forward does, keeping the vector for drift monitoring)."""
+    cls = model.vit(pixel_values).last_hidden_state[:, 0]
+    return model.classifier(cls), cls
+
+
 def device_for_inference() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"

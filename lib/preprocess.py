@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-# Bump when preprocess() changes: the version is part of every cache key.
-PREPROCESS_VERSION = 1
+# Bump when decode_image() or preprocess() changes: the version is part of every cache key.
+PREPROCESS_VERSION = 2
 PREPROCESSOR_FILE = "preprocessor_config.json"
 
 
@@ -54,10 +54,43 @@ class Preprocessing:
         return cls(facet["image_size"], tuple(facet["mean"]), tuple(facet["std"]))
 
 
-def decode_image(source: bytes | str | Path) -> Image.Image:
-    """Decode a file or bytes into an upright RGB image (EXIF rotation applied)."""
-    image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-    image = ImageOps.exif_transpose(image)
+class ImageDecodeError(ValueError):
+    """The bytes are not an image we can read: not an image, truncated, or too large."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """The header claims more pixels than allowed (a decompression bomb, or just too big)."""
+
+
+def decode_image(source: bytes | str | Path, max_pixels: int | None = None) -> Image.Image:
+    """Decode a file or bytes into an upright 8-bit RGB image: EXIF rotation applied,
+    16-bit values scaled (not clipped), transparency composited onto white. An image with more
+    than `max_pixels` pixels is refused from its header, before any decoding (a few KB of PNG
+    can claim 30000x30000)."""
+    unreadable = (OSError, SyntaxError, ValueError)
+    try:
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except Image.DecompressionBombError as error:  # Pillow's own limit, far above ours
+        raise ImageTooLargeError(str(error)) from error
+    except unreadable as error:
+        raise ImageDecodeError(f"cannot decode image: {error}") from error
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"image is {width}x{height} pixels, more than the limit of {max_pixels:,}"
+        )
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except (*unreadable, Image.DecompressionBombError) as error:
+        raise ImageDecodeError(f"cannot decode image: {error}") from error
+    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
+        scaled = np.asarray(image, dtype=np.float32) / 257.0  # 0..65535 -> 0..255
+        image = Image.fromarray(np.rint(scaled).clip(0, 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        image = Image.new("RGB", rgba.size, (255, 255, 255))
+        image.paste(rgba, mask=rgba.getchannel("A"))
     return image.convert("RGB")
 
 

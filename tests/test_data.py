@@ -180,3 +180,4 @@ def test_damaged_and_unusual_images_are_converted_or_counted(tmp_path):
     assert np.abs(images[1].astype(int) - reference).mean() < 3  # PNG: same picture
     assert np.abs(images[5].astype(int) - reference).mean() < 12  # EXIF rotation undone
     assert images[2].std(axis=2).max() == 0  # grayscale became three equal channels
+    assert np.abs(images[4].astype(int) - images[2].astype(int)).mean() < 1  # 16-bit scaled

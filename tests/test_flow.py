@@ -65,7 +65,7 @@ def test_model_artifact_loads_on_cpu_and_reproduces_evaluation(smoke_run):
     model, preprocessing = load_model(data.model, "cpu")
     assert model.config.problem_type == "multi_label_classification"
     assert model.config.id2label[15] == "Eyeglasses"
-    probs, _ = predict(model, CachedSplit(data.dataset["cache_dir"], "test"), preprocessing)
+    probs = predict(model, CachedSplit(data.dataset["cache_dir"], "test"), preprocessing).probs
     thresholds = np.array(list(data.thresholds.values()))
     rate = (probs >= thresholds).mean(axis=0)
     per = data.metrics["per_attribute"]
