@@ -1,5 +1,6 @@
 # make run   installs into .venv if needed, then trains the embedded default (synthetic, CPU).
 # make test  installs if needed, then runs ruff and pytest.
+# make serve serves the champion model over REST on $${PORT:-8000}.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Metaflow needs a user name; shells without $$USER (CI, containers) get one.
 export METAFLOW_USER ?= $(or $(USER),facet)
 
-.PHONY: install run test lint format clean
+.PHONY: install run serve test lint format clean
 
 install: $(STAMP)
 
@@ -21,6 +22,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 run: install
 	$(BIN)/python flows/train_flow.py run
+
+# The prediction service under gunicorn; settings in serving/gunicorn.conf.py and the README.
+serve: install
+	$(BIN)/gunicorn --config serving/gunicorn.conf.py
 
 test: install lint
 	$(BIN)/python -m pytest

@@ -3,7 +3,9 @@
     python -m lib.export TrainFlow/1234 OUT_DIR
 
 OUT_DIR then loads with transformers.AutoModelForImageClassification.from_pretrained(OUT_DIR),
-and also holds thresholds.json (the run's tuned decision thresholds).
+and also holds thresholds.json (the run's tuned decision thresholds) and facet.json (run,
+dataset fingerprint, metrics, thresholds and embedding projection), so serving can load it
+with MODEL_DIR=OUT_DIR and no Metaflow datastore.
 """
 
 from __future__ import annotations
@@ -12,16 +14,15 @@ import argparse
 import json
 from pathlib import Path
 
-from metaflow import Run, namespace
-
+from lib.inference import run_record
 from lib.model import write_model_files
 
 
 def export(run_pathspec: str, out_dir: str | Path) -> Path:
-    namespace(None)
-    data = Run(run_pathspec).data
-    folder = write_model_files(data.model, out_dir)
-    (folder / "thresholds.json").write_text(json.dumps(data.thresholds, indent=2))
+    files, projection, info = run_record(run_pathspec)
+    folder = write_model_files(files, out_dir)
+    (folder / "thresholds.json").write_text(json.dumps(info["thresholds"], indent=2))
+    (folder / "facet.json").write_text(json.dumps({**info, "projection": projection}, indent=2))
     return folder
 
 

@@ -15,8 +15,11 @@ from metaflow.exception import MetaflowNotFound
 CHAMPION = "champion"
 
 
-def current_champion(flow_name: str, fingerprint: str, exclude: str | None = None) -> Run | None:
-    """The newest run tagged champion whose dataset has this fingerprint, across namespaces."""
+def current_champion(
+    flow_name: str, fingerprint: str | None = None, exclude: str | None = None
+) -> Run | None:
+    """The newest run tagged champion, across namespaces; with a fingerprint, the newest
+    whose dataset has it."""
     namespace(None)
     try:
         runs = list(Flow(flow_name).runs(CHAMPION))
@@ -25,6 +28,8 @@ def current_champion(flow_name: str, fingerprint: str, exclude: str | None = Non
     for run in sorted(runs, key=lambda r: r.created_at, reverse=True):
         if run.pathspec == exclude:
             continue
+        if fingerprint is None:
+            return run
         try:
             if run["prepare_data"].task.data.dataset["fingerprint"] == fingerprint:
                 return run

@@ -1,0 +1,139 @@
+"""The REST endpoints. POST /predict decodes every image first, so one bad image fails
+the request before anything is predicted or logged; a row per image is committed to the
+prediction log before the answer is sent."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import numpy as np
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from lib.preprocess import ImageDecodeError, ImageTooLargeError
+from serving import metrics
+from serving.errors import ApiError
+from serving.state import model_slot, prediction_log, predictor
+
+blueprint = Blueprint("api", __name__)
+FIELD = "image"
+REQUEST_ID = re.compile(r"^[\w.:-]{1,128}$")
+
+
+@blueprint.get("/healthz")
+def healthz():
+    return {"status": "ok"}
+
+
+@blueprint.get("/readyz")
+def readyz():
+    slot = model_slot()
+    if slot.predictor is None:
+        raise ApiError(503, "not_ready", slot.error or "the model is still loading")
+    return {"status": "ready", "model": slot.predictor.name}
+
+
+@blueprint.get("/model")
+def model_info():
+    served = predictor()
+    return {
+        "model": served.name,
+        "precision": served.precision,
+        "image_size": served.preprocessing.image_size,
+        "attributes": served.attributes,
+        **served.info,
+    }
+
+
+@blueprint.get("/metrics")
+def prometheus_metrics() -> Response:
+    return metrics.exposition()
+
+
+@blueprint.post("/predict")
+def predict():
+    served = predictor()
+    uploads = read_uploads()
+    max_pixels = current_app.config["MAX_IMAGE_PIXELS"]
+    pixels = np.stack([decode(served, label, data, max_pixels) for label, data in uploads])
+    prediction = served.predict(pixels)
+    request_id = request_id_of(request.headers.get("X-Request-ID"))
+    prediction_log().append(request_id, served.name, served.log_rows(prediction))
+    metrics.IMAGES.observe(len(uploads))
+    present = served.present(prediction.probs)
+    response = jsonify(
+        {
+            "model": served.name,
+            "request_id": request_id,
+            "predictions": [
+                {
+                    "attributes": dict(zip(served.attributes, map(float, probs), strict=True)),
+                    "present": names,
+                }
+                for probs, names in zip(prediction.probs, present, strict=True)
+            ],
+        }
+    )
+    response.headers["X-Request-ID"] = request_id
+    return response
+
+
+@blueprint.get("/monitoring/drift")
+def drift_report():
+    from lib.monitor import newest_report
+
+    served = model_slot().predictor
+    found = newest_report(served.name if served else None)
+    if found is None:
+        raise ApiError(
+            404,
+            "no_drift_report",
+            "no MonitorFlow run has produced a drift report for this model yet: "
+            "run python flows/monitor_flow.py run",
+        )
+    pathspec, html = found
+    return Response(html, mimetype="text/html", headers={"X-Monitor-Run": pathspec})
+
+
+def read_uploads() -> list[tuple[str, bytes]]:
+    """(label for messages, bytes) for each image of the request, in order."""
+    limit = current_app.config["MAX_BATCH"]
+    if request.mimetype == "multipart/form-data":
+        files = request.files.getlist(FIELD)
+        if not files:
+            fields = sorted(set(request.files) | set(request.form))
+            raise ApiError(
+                400,
+                "no_image",
+                f"send images in the multipart field {FIELD!r}"
+                + (f"; got fields {fields}" if fields else "; the form is empty"),
+            )
+        if len(files) > limit:
+            raise ApiError(
+                400, "too_many_images", f"{len(files)} images, more than the limit of {limit}"
+            )
+        return [(f"image {i + 1} ({f.filename!r})", f.read()) for i, f in enumerate(files)]
+    if request.mimetype.startswith("image/"):
+        return [("the request body", request.get_data())]
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        f"content type {request.mimetype or 'missing'!r}: send multipart/form-data with "
+        f"field {FIELD!r}, or one image as the body with an image/* content type",
+    )
+
+
+def decode(served, label: str, data: bytes, max_pixels: int) -> np.ndarray:
+    if not data:
+        raise ApiError(400, "empty_image", f"{label} is empty")
+    try:
+        return served.pixels(data, max_pixels=max_pixels)
+    except ImageTooLargeError as error:
+        raise ApiError(400, "image_too_large", f"{label}: {error}") from None
+    except ImageDecodeError as error:
+        raise ApiError(400, "invalid_image", f"{label}: {error}") from None
+
+
+def request_id_of(given: str | None) -> str:
+    """The caller's X-Request-ID if it is a sane token, else a fresh one."""
+    return given if given and REQUEST_ID.match(given) else uuid.uuid4().hex

@@ -1,0 +1,240 @@
+"""The REST service, through Flask's test client, serving the module's smoke run."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lib import synthetic
+from lib.data import prepare
+from lib.export import export
+from lib.inference import Predictor
+from lib.predlog import PredictionLog
+from lib.registry import CHAMPION
+from serving import create_app
+
+
+def make_app(tmp_path, **overrides):
+    settings = {"PREDICTION_LOG": str(tmp_path / "predictions.db"), "MAX_BATCH": 4}
+    app = create_app({**settings, **overrides})
+    app.extensions["facet.model"].loaded.wait(60)
+    return app
+
+
+@pytest.fixture
+def app(smoke_run, tmp_path):
+    app = make_app(tmp_path, MODEL_RUN=smoke_run.pathspec, MAX_CONTENT_LENGTH=2 * 1024 * 1024)
+    assert app.extensions["facet.model"].wait(0), app.extensions["facet.model"].error
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory) -> list[bytes]:
+    root = synthetic.generate(tmp_path_factory.mktemp("faces"), synthetic.make_spec(6, seed=11))
+    return [p.read_bytes() for p in sorted((root / "img_align_celeba").iterdir())]
+
+
+def encode(image: Image.Image, format: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+def post_images(client, *images: bytes, field: str = "image"):
+    files = [(io.BytesIO(data), f"face{i}.jpg") for i, data in enumerate(images)]
+    return client.post("/predict", data={field: files}, content_type="multipart/form-data")
+
+
+def log_rows(app) -> int:
+    return PredictionLog(app.config["PREDICTION_LOG"]).count()
+
+
+def test_predict_answers_every_image_in_order_and_logs_each(app, client, faces, smoke_run):
+    response = post_images(client, faces[0], faces[1], faces[0])
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["model"] == smoke_run.pathspec
+    assert response.headers["X-Request-ID"] == body["request_id"]
+    first, second, again = body["predictions"]
+    attributes = smoke_run.data.dataset["attributes"]
+    assert list(first["attributes"]) == attributes
+    assert first == again and first != second
+    thresholds = smoke_run.data.thresholds
+    assert first["present"] == [a for a in attributes if first["attributes"][a] >= thresholds[a]]
+
+    log = PredictionLog(app.config["PREDICTION_LOG"]).read()
+    assert len(log) == 3
+    assert set(log["request_id"]) == {body["request_id"]}
+    assert list(log["image_index"]) == [0, 1, 2]
+    assert np.allclose(
+        log["prob_Eyeglasses"], [p["attributes"]["Eyeglasses"] for p in (first, second, again)]
+    )
+    assert {"brightness", "sharpness", "emb_0", "emb_7"} <= set(log.columns)
+
+
+def test_raw_image_body_is_one_prediction(client, faces):
+    response = client.post(
+        "/predict", data=faces[2], headers={"Content-Type": "image/jpeg", "X-Request-ID": "abc-1"}
+    )
+    assert response.status_code == 200
+    assert response.get_json()["request_id"] == "abc-1"
+    assert len(response.get_json()["predictions"]) == 1
+
+
+def test_serving_predicts_exactly_what_evaluation_computed(smoke_run, client, faces, tmp_path):
+    """The JPEG through the service and the same JPEG through training's cache give the same
+    probabilities: one decode, one preprocessing, one normalisation."""
+    root = synthetic.generate(tmp_path / "same", synthetic.make_spec(6, seed=11))
+    manifest = prepare("same", root, image_size=32)
+    cached = np.load(f"{manifest['cache_dir']}/images.npy")
+    direct = Predictor.from_run(smoke_run.pathspec).predict(cached).probs
+    served = post_images(client, *faces[:4]).get_json()["predictions"]
+    attributes = smoke_run.data.dataset["attributes"]
+    for row, prediction in zip(direct[:4], served, strict=True):
+        assert np.allclose(row, [prediction["attributes"][a] for a in attributes], atol=1e-6)
+
+
+def test_unusual_but_valid_images_are_converted_and_answered(client, faces):
+    face = Image.open(io.BytesIO(faces[0]))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the viewer must turn it back
+    sixteen_bit = Image.fromarray(np.asarray(face.convert("L"), dtype=np.uint16) * 256)
+    images = [
+        encode(face.convert("L")),
+        encode(face.convert("RGBA")),
+        encode(face.convert("CMYK"), "JPEG"),
+        encode(sixteen_bit),
+    ]
+    response = post_images(client, *images)
+    assert response.status_code == 200, response.get_json()
+    rotated = encode(face.rotate(90, expand=True), "JPEG", exif=exif)
+    assert client.post("/predict", data=rotated, content_type="image/jpeg").status_code == 200
+
+
+def bomb() -> bytes:
+    """A 30000x30000 PNG of a few KB: it must be refused from its header."""
+    return encode(Image.new("1", (30000, 30000)), optimize=True)
+
+
+@pytest.mark.parametrize(
+    ("make_request", "status", "code"),
+    [
+        (
+            lambda c, f: c.post("/predict", data={}, content_type="multipart/form-data"),
+            400,
+            "no_image",
+        ),
+        (lambda c, f: post_images(c, b""), 400, "empty_image"),
+        (lambda c, f: post_images(c, b"hello, I am text"), 400, "invalid_image"),
+        (lambda c, f: post_images(c, f[0][: len(f[0]) // 2]), 400, "invalid_image"),
+        (lambda c, f: post_images(c, bomb()), 400, "image_too_large"),
+        (lambda c, f: post_images(c, b"\xff" * (3 * 1024 * 1024)), 413, "request_entity_too_large"),
+        (lambda c, f: post_images(c, *f[:5]), 400, "too_many_images"),
+        (
+            lambda c, f: c.post("/predict", data=f[0], content_type="application/json"),
+            415,
+            "unsupported_media_type",
+        ),
+        (lambda c, f: c.post("/predict", data=f[0]), 415, "unsupported_media_type"),
+        (lambda c, f: post_images(c, f[0], field="file"), 400, "no_image"),
+        (lambda c, f: c.post("/predict", data=b"", content_type="image/png"), 400, "empty_image"),
+        (lambda c, f: c.get("/predict"), 405, "method_not_allowed"),
+        (lambda c, f: c.get("/nope"), 404, "not_found"),
+    ],
+)
+def test_bad_input_is_a_json_4xx_and_the_server_goes_on(
+    app, client, faces, make_request, status, code
+):
+    response = make_request(client, faces)
+    assert response.status_code == status
+    error = response.get_json()["error"]
+    assert error["code"] == code and error["message"]
+    assert log_rows(app) == 0  # nothing predicted, nothing logged
+    assert post_images(client, faces[0]).status_code == 200
+    assert log_rows(app) == 1
+
+
+def test_one_bad_image_names_itself(client, faces):
+    response = post_images(client, faces[0], b"not an image")
+    assert response.status_code == 400
+    assert "image 2 ('face1.jpg')" in response.get_json()["error"]["message"]
+
+
+def test_health_readiness_and_model_facts(client, smoke_run):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    assert client.get("/readyz").get_json() == {"status": "ready", "model": smoke_run.pathspec}
+    facts = client.get("/model").get_json()
+    assert facts["run"] == smoke_run.pathspec
+    assert facts["dataset_fingerprint"] == smoke_run.data.dataset["fingerprint"]
+    assert facts["metrics"]["mean_accuracy"] == smoke_run.data.metrics["mean_accuracy"]
+    assert facts["thresholds"] == smoke_run.data.thresholds
+
+
+def test_not_ready_until_a_model_loads_and_says_why(tmp_path):
+    app = make_app(tmp_path, MODEL_RUN="TrainFlow/999999")
+    client = app.test_client()
+    assert client.get("/healthz").status_code == 200
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert "TrainFlow/999999" in response.get_json()["error"]["message"]
+    assert client.post("/predict", data=b"x", content_type="image/png").status_code == 503
+
+
+def test_metrics_count_requests_images_and_the_model(client, faces, smoke_run):
+    def sample(text: str, name: str) -> float:
+        lines = [
+            ln for ln in text.splitlines() if ln.startswith(name + " ") or ln.startswith(name + "{")
+        ]
+        return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+    before = client.get("/metrics").get_data(as_text=True)
+    post_images(client, faces[0], faces[1])
+    client.post("/predict", data=b"x", content_type="text/plain")
+    after = client.get("/metrics").get_data(as_text=True)
+    ok = 'facet_requests_total{endpoint="/predict",status="200"}'
+    refused = 'facet_requests_total{endpoint="/predict",status="415"}'
+    assert sample(after, ok) == sample(before, ok) + 1
+    assert sample(after, refused) == sample(before, refused) + 1
+    assert (
+        sample(after, "facet_images_per_request_sum")
+        == sample(before, "facet_images_per_request_sum") + 2
+    )
+    assert f'facet_model_info{{model="{smoke_run.pathspec}",precision="fp32"}} 1.0' in after
+    assert 'facet_request_duration_seconds_bucket{endpoint="/predict",le="+Inf"}' in after
+
+
+def test_champion_is_served_by_default(smoke_run, tmp_path, faces):
+    smoke_run.add_tag(CHAMPION)
+    try:
+        app = make_app(tmp_path)
+        assert app.test_client().get("/readyz").get_json()["model"] == smoke_run.pathspec
+    finally:
+        smoke_run.remove_tag(CHAMPION)
+
+
+def test_an_exported_folder_serves_the_same_predictions(smoke_run, client, tmp_path, faces):
+    folder = export(smoke_run.pathspec, tmp_path / "exported")
+    exported = make_app(tmp_path / "other", MODEL_DIR=str(folder)).test_client()
+    ours = post_images(client, faces[0]).get_json()["predictions"]
+    theirs = post_images(exported, faces[0]).get_json()["predictions"]
+    assert ours == theirs
+    assert json.loads((folder / "facet.json").read_text())["run"] == smoke_run.pathspec
+
+
+def test_a_folder_that_is_not_an_export_is_named(tmp_path):
+    app = make_app(tmp_path, MODEL_DIR=str(tmp_path))
+    message = app.test_client().get("/readyz").get_json()["error"]["message"]
+    assert str(tmp_path) in message and "facet.json" in message
+
+
+def test_drift_report_is_404_until_monitoring_ran(client):
+    response = client.get("/monitoring/drift")
+    assert response.status_code == 404
+    assert "monitor_flow.py" in response.get_json()["error"]["message"]
