@@ -14,6 +14,8 @@ import os
 
 from metaflow import Config, FlowSpec, Parameter, card, current, resources, retry, step, timeout
 
+import lib  # noqa: F401  (light: puts lib/ into the code package that remote steps run from)
+
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 
