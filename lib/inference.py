@@ -40,7 +40,7 @@ class Prediction:
 
 @dataclass
 class Predictor:
-    name: str  # "TrainFlow/<run id>", or the folder an export was loaded from
+    name: str  # "TrainFlow/<run id>": the run trained it, also when loaded from an export
     model: torch.nn.Module
     preprocessing: Preprocessing
     attributes: list[str]
@@ -79,7 +79,8 @@ class Predictor:
             )
         info = json.loads((folder / "facet.json").read_text())
         files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
-        return cls._build(str(folder), files, info.pop("projection"), info, precision)
+        # Named after the run it was exported from, so its log rows meet that run's reference.
+        return cls._build(info["run"], files, info.pop("projection"), info, precision)
 
     @classmethod
     def _build(

@@ -222,9 +222,10 @@ def test_champion_is_served_by_default(smoke_run, tmp_path, faces):
 def test_an_exported_folder_serves_the_same_predictions(smoke_run, client, tmp_path, faces):
     folder = export(smoke_run.pathspec, tmp_path / "exported")
     exported = make_app(tmp_path / "other", MODEL_DIR=str(folder)).test_client()
-    ours = post_images(client, faces[0]).get_json()["predictions"]
-    theirs = post_images(exported, faces[0]).get_json()["predictions"]
-    assert ours == theirs
+    ours = post_images(client, faces[0]).get_json()
+    theirs = post_images(exported, faces[0]).get_json()
+    assert ours["predictions"] == theirs["predictions"]
+    assert theirs["model"] == smoke_run.pathspec  # its log rows meet the run's reference
     assert json.loads((folder / "facet.json").read_text())["run"] == smoke_run.pathspec
 
 
