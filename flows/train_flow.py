@@ -27,17 +27,36 @@ class TrainFlow(FlowSpec):
 
     @step
     def start(self):
+        """Index and fingerprint the data, and fan out over the shards left to decode."""
+        from lib.data import plan, resolve_source
+
+        data = self.config.data
+        source, root = resolve_source(self.data or data.source, data.get("synthetic"))
+        self.plan = plan(source, root, self.config.model.image_size, data.shard_size)
+        # A foreach needs one item at least: a complete cache gets one task with nothing to do.
+        self.shards = self.plan.todo or [None]
+        self.next(self.prepare_shard, foreach="shards")
+
+    @step
+    def prepare_shard(self):
+        """Decode one shard's images into the cache (a task per shard: locally up to
+        --max-workers at once, one pod each with --with kubernetes or --with batch)."""
+        from lib.data import prepare_shard, source_root
+
+        if self.input is not None:
+            data = self.config.data
+            root = source_root(self.plan, self.data or data.source, data.get("synthetic"))
+            prepare_shard(self.plan, self.input, root)
         self.next(self.prepare_data)
 
     @card(type="blank")
     @step
-    def prepare_data(self):
+    def prepare_data(self, inputs):
+        """Join the shards: the manifest becomes the `dataset` artifact."""
         from lib.cards import dataset_summary
-        from lib.data import prepare, resolve_source
+        from lib.data import finish
 
-        data = self.config.data
-        source, root = resolve_source(self.data or data.source, data.get("synthetic"))
-        self.dataset = prepare(source, root, self.config.model.image_size, data.allow_skipped)
+        self.dataset = finish(inputs[0].plan, self.config.data.allow_skipped)
         current.card.extend(dataset_summary(self.dataset))
         self.next(self.train)
 
@@ -48,25 +67,19 @@ class TrainFlow(FlowSpec):
     @step
     def train(self):
         from lib.cards import TrainingCard
-        from lib.faults import inject
+        from lib.distributed import run_training
         from lib.model import model_to_files, preprocessing_of
-        from lib.storage import checkpoint_places
-        from lib.train import train
 
-        places = checkpoint_places(current.flow_name, current.run_id, current.origin_run_id)
+        run = (current.flow_name, current.run_id, current.origin_run_id)
         card = TrainingCard(current.card)
-        result = train(
-            self.config,
-            self.dataset,
-            checkpoints=places[0],
-            resume_from=places,
-            on_log=card,
-            on_step=lambda step: inject("train", step, current.retry_count),
+        result = run_training(
+            self.config.to_dict(), self.dataset, run, current.retry_count, on_log=card
         )
         card.finish(result.steps, result.resumed_from_step)
         self.model = model_to_files(result.model, preprocessing_of(self.config.model))
         self.history = result.history
         self.resumed_from_step = result.resumed_from_step
+        self.world_size = result.world_size
         self.next(self.evaluate)
 
     @resources(cpu=config.resources.cpu, memory=config.resources.memory, gpu=config.resources.gpu)

@@ -192,19 +192,26 @@ def detect_layout(root: Path) -> str:
     return "official"
 
 
+def open_images(root: Path, layout: str) -> ImageFolder | ImageZip:
+    """The images of a CelebA folder in a known layout; a missing folder or zip fails at once.
+    Preparation shards call it on their own machine, where the folder may live elsewhere."""
+    if layout == "kaggle":
+        return ImageFolder(_require(root / IMAGE_DIR / IMAGE_DIR, "image folder"))
+    if layout == "zip":
+        return ImageZip(_require(root / IMAGE_ZIP, "image folder"))
+    return ImageFolder(_require(root / IMAGE_DIR, "image folder"))
+
+
 def read_celeba(root: str | Path) -> CelebAIndex:
     """Index a CelebA folder in any layout. Missing files fail at once, naming the path."""
     root = _require(Path(root), "folder")
     layout = detect_layout(root)
+    images = open_images(root, layout)
     if layout == "kaggle":
-        images = ImageFolder(_require(root / IMAGE_DIR / IMAGE_DIR, "image folder"))
         label_files = [root / KAGGLE_ATTRIBUTE_FILE, root / KAGGLE_PARTITION_FILE]
         attributes, files, labels = read_kaggle_attribute_file(label_files[0])
         partition = read_kaggle_partition_file(_require(label_files[1], "partition file"))
     else:
-        folder = root / IMAGE_DIR
-        images = ImageZip(root / IMAGE_ZIP) if layout == "zip" else ImageFolder(folder)
-        _require(root / IMAGE_ZIP if layout == "zip" else folder, "image folder")
         label_files = [root / ATTRIBUTE_FILE, root / PARTITION_FILE]
         attributes, files, labels = read_attribute_file(_require(label_files[0], "attribute file"))
         partition = read_partition_file(_require(label_files[1], "partition file"))

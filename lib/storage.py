@@ -1,4 +1,5 @@
-"""Files that are not artifacts: datasets fetched from gs://, and training checkpoints.
+"""Files that are not artifacts: datasets fetched from gs://, prepared shards shared through
+gs://, and training checkpoints.
 
 Checkpoints are written to a local folder inside Metaflow's local datastore root, keyed by
 flow and run. When the run's datastore is GCS (METAFLOW_DEFAULT_DATASTORE=gs), each finished
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,17 +49,26 @@ class CheckpointPlace:
 
     def save(self, accelerator: Accelerator, step: int, keep: int) -> Path:
         """accelerator.save_state into a temporary folder, renamed when complete: a kill
-        mid-save leaves no broken checkpoint. Keeps the newest `keep`, here and mirrored."""
+        mid-save leaves no broken checkpoint. Keeps the newest `keep`, here and mirrored.
+        Called by every training process."""
         final = self.folder / f"{PREFIX}{step:08d}"
         partial = self.folder / f".partial-{final.name}"
-        shutil.rmtree(partial, ignore_errors=True)
+        main = accelerator.is_main_process
+        if main:
+            shutil.rmtree(partial, ignore_errors=True)
+        # Every process calls save_state (each writes its own RNG state; the main process the
+        # model and optimizer); only the main one renames, prunes and uploads.
+        accelerator.wait_for_everyone()
         accelerator.save_state(str(partial))
-        shutil.rmtree(final, ignore_errors=True)
-        partial.rename(final)
-        for old in sorted(self.folder.glob(f"{PREFIX}*"))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        if self.mirror is not None:
-            self.mirror.push(final, keep)
+        accelerator.wait_for_everyone()
+        if main:
+            shutil.rmtree(final, ignore_errors=True)
+            partial.rename(final)
+            for old in sorted(self.folder.glob(f"{PREFIX}*"))[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+            if self.mirror is not None:
+                self.mirror.push(final, keep)
+        accelerator.wait_for_everyone()
         return final
 
 
@@ -96,37 +107,38 @@ def split_gs_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
-def fetch_prefix(uri: str, into: Path, workers: int = 16, retry=None) -> Path:
-    """Mirror every object under gs://bucket/prefix into a local folder: at most `workers`
-    downloads at once, each retried with exponential backoff on transient errors (429, 5xx,
-    connection resets: google-cloud-storage's DEFAULT_RETRY unless `retry` is given). Files
-    already there with the object's size are kept, so a second fetch only lists. A missing
-    bucket or prefix, or a refused permission, fails naming the URI."""
+def fetch_prefix(
+    uri: str, into: Path, workers: int = 16, retry=None, names: Collection[str] | None = None
+) -> Path:
+    """Mirror every object under gs://bucket/prefix, or only those `names` (relative to the
+    prefix), into a local folder: at most `workers` downloads at once, each retried with
+    exponential backoff on transient errors (429, 5xx, connection resets: google-cloud-storage's
+    DEFAULT_RETRY unless `retry` is given). Files already there with the object's size are
+    kept, so a second fetch only lists. A missing bucket, prefix or named object, or a refused
+    permission, fails naming the URI."""
     from concurrent.futures import ThreadPoolExecutor
 
     from google.api_core import exceptions
-    from google.cloud.storage.retry import DEFAULT_RETRY
 
-    retry = retry or DEFAULT_RETRY
+    retry = retry or _default_retry()
     bucket_name, prefix = split_gs_uri(uri)
-    client = _storage_client()
     start = f"{prefix}/" if prefix else ""
-    try:
-        blobs = [b for b in client.list_blobs(bucket_name, prefix=start, retry=retry)]
-    except exceptions.NotFound:
-        raise FileNotFoundError(f"bucket not found: gs://{bucket_name}") from None
-    except exceptions.Forbidden as error:
-        raise PermissionError(f"not allowed to list {uri}: {error.message}") from None
-    blobs = [b for b in blobs if not b.name.endswith("/")]
+    blobs = _list_blobs(uri, retry)
     if not blobs:
         raise FileNotFoundError(f"no objects under {uri}")
+    if names is not None:
+        blobs = [b for b in blobs if b.name[len(start) :] in names]
+        absent = set(names) - {b.name[len(start) :] for b in blobs}
+        if absent:
+            raise FileNotFoundError(f"not found under {uri}: {sorted(absent)}")
 
     def download(blob) -> None:
         target = into / blob.name[len(start) :]
         if target.exists() and target.stat().st_size == blob.size:
             return
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial")
+        # Per process: training ranks on one machine may fetch the same shard at once.
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
         try:
             blob.download_to_filename(partial, retry=retry)
         except exceptions.NotFound:
@@ -142,6 +154,44 @@ def fetch_prefix(uri: str, into: Path, workers: int = 16, retry=None) -> Path:
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(download, blobs))
     return into
+
+
+def list_prefix(uri: str, retry=None) -> dict[str, int]:
+    """{name relative to the prefix: size} of the objects under gs://bucket/prefix; {} if
+    there are none. A missing bucket or a refused permission fails naming the URI."""
+    prefix = split_gs_uri(uri)[1]
+    start = len(prefix) + 1 if prefix else 0
+    return {blob.name[start:]: blob.size for blob in _list_blobs(uri, retry)}
+
+
+def upload_file(path: Path, uri: str, retry=None) -> None:
+    """Upload one file to gs://bucket/name, retried on transient errors: rewriting the same
+    bytes is idempotent, so the retry is safe even without a generation precondition (which
+    google-cloud-storage otherwise requires before it retries an upload)."""
+    bucket_name, name = split_gs_uri(uri)
+    blob = _storage_client().bucket(bucket_name).blob(name)
+    blob.upload_from_filename(path, retry=retry or _default_retry())
+
+
+def _default_retry():
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY
+
+
+def _list_blobs(uri: str, retry=None) -> list:
+    from google.api_core import exceptions
+
+    bucket_name, prefix = split_gs_uri(uri)
+    start = f"{prefix}/" if prefix else ""
+    client = _storage_client()
+    try:
+        blobs = list(client.list_blobs(bucket_name, prefix=start, retry=retry or _default_retry()))
+    except exceptions.NotFound:
+        raise FileNotFoundError(f"bucket not found: gs://{bucket_name}") from None
+    except exceptions.Forbidden as error:
+        raise PermissionError(f"not allowed to list {uri}: {error.message}") from None
+    return [b for b in blobs if not b.name.endswith("/")]
 
 
 def _storage_client():

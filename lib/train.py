@@ -3,6 +3,7 @@ run_image_classification_no_trainer.py, over the uint8 cache that lib.data prepa
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
@@ -12,7 +13,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -29,6 +30,8 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     steps: int = 0
     resumed_from_step: int = 0  # 0 for a fresh start
+    world_size: int = 1  # training processes
+    weight_digests: list[str] = field(default_factory=list)  # per rank; all equal under DDP
 
 
 class Progress:
@@ -71,10 +74,12 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
     ]
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, max_shift: int) -> torch.Tensor:
+def augment(
+    x: torch.Tensor, generator: torch.Generator, max_shift: int, flip_probability: float = 0.5
+) -> torch.Tensor:
     """Label-preserving augmentation on the device: per-image horizontal flips and one random
     translation per batch (edge pixels repeat). All attributes are left/right symmetric."""
-    flip = torch.rand(x.shape[0], generator=generator) < 0.5
+    flip = torch.rand(x.shape[0], generator=generator) < flip_probability
     x = torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
     if max_shift:
         dy, dx = (torch.randint(-max_shift, max_shift + 1, (2,), generator=generator)).tolist()
@@ -91,6 +96,21 @@ def _tracker(train_config: dict[str, Any]) -> str | None:
     if not os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
         os.environ["WANDB_MODE"] = "offline"
     return "wandb"
+
+
+def train_loader(dataset: dict[str, Any], cfg: dict[str, Any], pin_memory: bool) -> DataLoader:
+    """Shuffled batches of the training split's uint8 images, read from the memory-mapped
+    shards by `num_workers` processes; pinned memory makes the copy to a GPU asynchronous.
+    Normalisation and augmentation happen on the device, on whole batches."""
+    return DataLoader(
+        CachedSplit(dataset["cache_dir"], "train"),
+        batch_size=cfg["batch_size"],
+        shuffle=True,
+        drop_last=True,
+        num_workers=cfg["num_workers"],
+        persistent_workers=cfg["num_workers"] > 0,
+        pin_memory=pin_memory,
+    )
 
 
 def train(
@@ -111,7 +131,9 @@ def train(
     cfg = config["train"]
     on_cuda = torch.cuda.is_available()
     accelerator = Accelerator(
+        cpu=not on_cuda,  # several processes without CUDA: gloo (accelerate wants it said)
         mixed_precision="bf16" if on_cuda else "no",  # on CPU bf16 measured 2x slower here
+        dynamo_backend="inductor" if cfg.get("compile", False) else "no",  # torch.compile
         gradient_accumulation_steps=cfg["gradient_accumulation_steps"],
         log_with=_tracker(cfg),
         # Each epoch's order depends on (seed, epoch) alone, so a resumed run can skip to
@@ -121,25 +143,20 @@ def train(
     set_seed(cfg["seed"])
     preprocessing = preprocessing_of(config["model"])
     model = build_model(config["model"], dataset["attributes"])
-    loader = DataLoader(
-        CachedSplit(dataset["cache_dir"], "train"),
-        batch_size=cfg["batch_size"],
-        shuffle=True,
-        drop_last=True,
-        num_workers=cfg["num_workers"],
-        persistent_workers=cfg["num_workers"] > 0,
-        pin_memory=on_cuda,
-    )
+    loader = train_loader(dataset, cfg, pin_memory=on_cuda)
     optimizer = torch.optim.AdamW(
         parameter_groups(model, cfg["weight_decay"]), lr=cfg["learning_rate"], fused=on_cuda
     )
     accumulation = cfg["gradient_accumulation_steps"]
-    steps_per_epoch = math.ceil(len(loader) / accumulation)
-    total_steps = cfg["epochs"] * steps_per_epoch
+    # The schedule counts steps of one process over the whole loader: accelerate steps a
+    # prepared scheduler once per process at each optimizer step.
+    schedule_steps = cfg["epochs"] * math.ceil(len(loader) / accumulation)
     scheduler = get_cosine_schedule_with_warmup(
-        optimizer, int(cfg["warmup_ratio"] * total_steps), total_steps
+        optimizer, int(cfg["warmup_ratio"] * schedule_steps), schedule_steps
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    steps_per_epoch = math.ceil(len(loader) / accumulation)  # this process's share of the data
+    total_steps = cfg["epochs"] * steps_per_epoch
     progress = Progress(augment_seed=cfg["seed"] + 1)
     accelerator.register_for_checkpointing(progress)
     checkpoint = next(filter(None, (place.latest() for place in resume_from)), None)
@@ -172,7 +189,10 @@ def train(
         for pixels, labels in batches:
             with accelerator.accumulate(model):
                 x = augment(
-                    to_model_input(pixels, preprocessing), progress.augment_rng, cfg["max_shift"]
+                    to_model_input(pixels, preprocessing),
+                    progress.augment_rng,
+                    cfg["max_shift"],
+                    cfg.get("flip_probability", 0.5),
                 )
                 logits = model(pixel_values=x).logits
                 loss = loss_fn(logits.float(), labels)
@@ -194,7 +214,7 @@ def train(
                 record = {
                     "step": step,
                     "epoch": epoch + 1,
-                    "loss": float(torch.stack(window_loss).mean()),
+                    "loss": float(accelerator.gather(torch.stack(window_loss).mean()).mean()),
                     "lr": scheduler.get_last_lr()[0],
                     "images_per_second": seen * accelerator.num_processes / (now - window_start),
                     "elapsed_seconds": now - started,
@@ -202,21 +222,34 @@ def train(
                 progress.history.append(record)
                 accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
-                if on_log:
+                if on_log and accelerator.is_main_process:
                     on_log({**record, "total_steps": total_steps})
                 seen, window_loss, window_start = 0, [], time.perf_counter()
-            if step % cfg["checkpoint_every"] == 0 and accelerator.is_main_process:
+            if step % cfg["checkpoint_every"] == 0:
                 checkpoints.save(accelerator, step, cfg["keep_checkpoints"])
             if on_step:
                 on_step(step)
     bar.close()
+    model = accelerator.unwrap_model(model)
+    digests = gather_object([weight_digest(model)])  # before end_training ends the group
     accelerator.end_training()
     return TrainResult(
-        model=accelerator.unwrap_model(model),
+        model=model,
         history=progress.history,
         steps=progress.step,
         resumed_from_step=resumed_from_step,
+        world_size=accelerator.num_processes,
+        weight_digests=digests,
     )
+
+
+def weight_digest(model: torch.nn.Module) -> str:
+    """sha256 of every parameter's bytes: equal digests mean bit-identical replicas."""
+    digest = hashlib.sha256()
+    for name, parameter in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(parameter.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

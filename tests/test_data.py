@@ -1,12 +1,25 @@
+import dataclasses
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import lib.data
 from lib import synthetic
-from lib.data import BadImagesError, CachedSplit, prepare, resolve_source
+from lib.data import (
+    BadImagesError,
+    CachedSplit,
+    PreparedImages,
+    finish,
+    plan,
+    prepare,
+    prepare_shard,
+    resolve_source,
+    source_root,
+)
 from lib.preprocess import Preprocessing, decode_image, preprocess, to_model_input
 
 
@@ -15,21 +28,59 @@ def small(tmp_path):
     return synthetic.generate(tmp_path / "celeba", synthetic.make_spec(40, seed=1))
 
 
-def test_prepare_writes_manifest_and_reuses_cache(small):
-    first = prepare("test://small", small, image_size=32)
+def shard_stamps(cache_dir) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in Path(cache_dir).glob("shard-*")}
+
+
+def no_decoding(*args):
+    raise AssertionError("an image was decoded again")
+
+
+def test_prepare_writes_shards_and_a_second_prepare_reuses_them(small, monkeypatch):
+    first = prepare("test://small", small, image_size=32, shard_size=15)
     assert first["cache_reused"] is False
     assert first["attributes"] == synthetic.ATTRIBUTES
     assert sum(first["split_sizes"].values()) == 40
     assert set(first["positive_rates"]) == {"train", "validation", "test"}
     assert first["skipped"]["missing"]["count"] == 0
-    images = np.load(f"{first['cache_dir']}/images.npy")
-    assert images.shape == (40, 32, 32, 3) and images.dtype == np.uint8
+    assert [(s["start"], s["stop"]) for s in first["shards"]] == [(0, 15), (15, 30), (30, 40)]
+    shard = np.load(Path(first["cache_dir"]) / first["shards"][2]["file"])
+    assert shard.shape == (10, 32, 32, 3) and shard.dtype == np.uint8
+    images = PreparedImages(first["cache_dir"])
+    assert images[:].shape == (40, 32, 32, 3)
+    assert np.array_equal(images[31], shard[1]) and np.array_equal(images[[31]][0], shard[1])
+    stamps = shard_stamps(first["cache_dir"])
+    assert len(stamps) == 6  # an .npy and a .json of bad images per shard
 
-    second = prepare("test://small", small, image_size=32)
+    monkeypatch.setattr(lib.data, "_decode_one", no_decoding)
+    second = prepare("test://small", small, image_size=32, shard_size=15)
     assert second["cache_reused"] is True
     assert second["cache_dir"] == first["cache_dir"]
     assert second["fingerprint"] == first["fingerprint"]
+    assert shard_stamps(second["cache_dir"]) == stamps
+    monkeypatch.undo()
     assert prepare("test://small", small, image_size=48)["cache_dir"] != first["cache_dir"]
+
+
+def test_an_interrupted_preparation_decodes_only_the_missing_shards(small, monkeypatch):
+    first = prepare("test://small", small, image_size=32, shard_size=15)
+    folder = Path(first["cache_dir"])
+    before = PreparedImages(folder)[:]
+    (folder / "manifest.json").unlink()  # killed before the join ...
+    (folder / first["shards"][1]["file"]).unlink()  # ... and while decoding shard 1
+    kept = {name: stamp for name, stamp in shard_stamps(folder).items() if "0015" not in name}
+    decoded = []
+    original = lib.data._decode_one
+    monkeypatch.setattr(
+        lib.data,
+        "_decode_one",
+        lambda images, name, size: decoded.append(name) or original(images, name, size),
+    )
+    again = prepare("test://small", small, image_size=32, shard_size=15, processes=1)
+    assert again["cache_reused"] is False
+    assert decoded == [f"{i:06d}.jpg" for i in range(16, 31)]
+    assert {k: v for k, v in shard_stamps(folder).items() if k in kept} == kept
+    assert np.array_equal(PreparedImages(folder)[:], before)
 
 
 def test_changed_labels_change_the_fingerprint(small):
@@ -40,7 +91,7 @@ def test_changed_labels_change_the_fingerprint(small):
     attr.write_text("\n".join(lines) + "\n")
     after = prepare("test://small", small, image_size=32)
     assert after["fingerprint"] != before["fingerprint"]
-    assert after["cache_reused"] is False
+    assert after["cache_reused"] is False and after["cache_dir"] != before["cache_dir"]
 
 
 def test_missing_and_corrupt_images_fail_unless_allowed(small):
@@ -128,10 +179,13 @@ def test_every_layout_prepares_to_the_same_arrays(tmp_path, layout, monkeypatch)
     assert other["fingerprint"] == official["fingerprint"]
     assert other["split_sizes"] == official["split_sizes"]
     assert other["positive_rates"] == official["positive_rates"]
-    for name in ("images.npy", "labels.npy", "split.npy"):
+    for name in ("labels.npy", "split.npy"):
         a = np.load(f"{official['cache_dir']}/{name}")
         b = np.load(f"{other['cache_dir']}/{name}")
         assert np.array_equal(a, b), name
+    assert np.array_equal(
+        PreparedImages(official["cache_dir"])[:], PreparedImages(other["cache_dir"])[:]
+    )
     if layout == "zip":
         assert not (tmp_path / "zip" / "img_align_celeba").exists()  # read in place
 
@@ -175,9 +229,24 @@ def test_damaged_and_unusual_images_are_converted_or_counted(tmp_path):
     assert manifest["skipped"]["unreadable"]["count"] == 1
     assert manifest["skipped"]["unreadable"]["names"][0].startswith("000008.jpg")
     assert manifest["skipped"]["missing"]["count"] == 0
-    images = np.load(f"{manifest['cache_dir']}/images.npy")
+    images = PreparedImages(manifest["cache_dir"])[:]
     reference = images[0].astype(int)
     assert np.abs(images[1].astype(int) - reference).mean() < 3  # PNG: same picture
     assert np.abs(images[5].astype(int) - reference).mean() < 12  # EXIF rotation undone
     assert images[2].std(axis=2).max() == 0  # grayscale became three equal channels
     assert np.abs(images[4].astype(int) - images[2].astype(int)).mean() < 1  # 16-bit scaled
+
+
+def test_shards_decoded_elsewhere_without_a_shared_cache_fail_clearly(small):
+    work = plan("test://small", small, image_size=16, shard_size=20)
+    prepare_shard(work, 0, small)  # shard 1 went to a machine whose disk this one cannot see
+    with pytest.raises(FileNotFoundError, match=r"shard-0000020-0000040\.npy.*FACET_CACHE=gs://"):
+        finish(work)
+
+
+def test_a_shard_reads_the_planners_copy_of_the_source_or_makes_its_own(small, tmp_path):
+    work = plan("test://small", small, image_size=16)
+    assert source_root(work, "not needed here") == small
+    elsewhere = dataclasses.replace(work, root=tmp_path / "on-the-planning-machine-only")
+    spec = {"n": 12, "seed": 5}
+    assert source_root(elsewhere, "synthetic", spec) == resolve_source("synthetic", spec)[1]

@@ -54,6 +54,13 @@ def test_smoke_run_stores_every_artifact(smoke_run, smoke_config):
     assert "training loss" in card_text(get_cards(smoke_run["train"].task)[0].get())
 
 
+def test_preparation_fans_out_over_shards(smoke_run):
+    """400 images in shards of 200: two prepare_shard tasks, joined by prepare_data."""
+    assert len(list(smoke_run["prepare_shard"].tasks())) == 2
+    shards = smoke_run.data.dataset["shards"]
+    assert [(s["start"], s["stop"]) for s in shards] == [(0, 200), (200, 400)]
+
+
 def card_text(html: str) -> str:
     """A card's components travel base64-encoded inside its HTML."""
     encoded = re.search(r'window.__MF_DATA__\[[^]]+\] = "([^"]+)"', html).group(1)

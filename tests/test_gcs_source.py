@@ -10,9 +10,18 @@ import pytest
 from conftest import free_port
 from google.cloud.storage.retry import DEFAULT_RETRY
 
+import lib.data
 from lib import synthetic
-from lib.data import prepare, resolve_source
-from lib.storage import _storage_client, fetch_prefix
+from lib.data import (
+    CachedSplit,
+    PreparedImages,
+    finish,
+    plan,
+    prepare,
+    prepare_shard,
+    resolve_source,
+)
+from lib.storage import _storage_client, fetch_prefix, list_prefix
 
 FAST_RETRY = DEFAULT_RETRY.with_delay(initial=0.01, maximum=0.1)
 
@@ -82,10 +91,13 @@ def test_gs_source_prepares_exactly_like_the_local_folder(celeba_in_bucket, tmp_
     remote = prepare(uri, mirror, image_size=16)
     assert remote["source"] == "gs://facet/datasets/celeba"
     assert remote["fingerprint"] == local["fingerprint"]
-    for name in ("images.npy", "labels.npy", "split.npy"):
+    for name in ("labels.npy", "split.npy"):
         assert np.array_equal(
             np.load(f"{local['cache_dir']}/{name}"), np.load(f"{remote['cache_dir']}/{name}")
         )
+    assert np.array_equal(
+        PreparedImages(local["cache_dir"])[:], PreparedImages(remote["cache_dir"])[:]
+    )
     stamp = (mirror / "list_attr_celeba.txt").stat().st_mtime_ns
     assert resolve_source("gs://facet/datasets/celeba")[1] == mirror
     assert (mirror / "list_attr_celeba.txt").stat().st_mtime_ns == stamp  # not downloaded again
@@ -120,3 +132,50 @@ def test_nothing_under_the_prefix_or_no_bucket_is_a_clear_error(gcs, tmp_path):
         fetch_prefix("gs://facet/nothing", tmp_path / "x", retry=FAST_RETRY)
     with pytest.raises(FileNotFoundError, match="bucket not found: gs://no-such-bucket"):
         fetch_prefix("gs://no-such-bucket/x", tmp_path / "y", retry=FAST_RETRY)
+
+
+def on_machine(monkeypatch, home):
+    """Another machine: its own home, so its own local cache, and the same gs:// cache."""
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("FACET_CACHE", "gs://facet/cache")
+
+
+def test_shards_prepared_on_separate_machines_meet_in_a_gs_cache(gcs, tmp_path, monkeypatch):
+    """What the flow does with --with kubernetes: plan on one pod, a pod per shard, the join
+    on another, and training on a last one that downloads only the shards it reads."""
+    root = synthetic.generate(tmp_path / "celeba", synthetic.make_spec(30, seed=8))
+    reference = prepare("x", root, image_size=16, shard_size=10)  # all here, local cache
+
+    on_machine(monkeypatch, tmp_path / "planner")
+    work = plan("x", root, image_size=16, shard_size=10)
+    assert work.cache_dir == f"gs://facet/cache/prepared/{reference['cache_key']}"
+    assert work.todo == [0, 1, 2] and not work.complete
+    for shard in work.todo:
+        on_machine(monkeypatch, tmp_path / f"shard-{shard}")
+        prepare_shard(work, shard, root)
+    on_machine(monkeypatch, tmp_path / "join")
+    dataset = finish(work)
+    assert dataset["cache_dir"] == work.cache_dir
+    assert dataset["split_sizes"] == reference["split_sizes"]
+    stored = list_prefix(work.cache_dir)
+    assert {"manifest.json", "labels.npy", "split.npy"} < set(stored)
+    assert sum(name.endswith(".npy") and name.startswith("shard-") for name in stored) == 3
+
+    on_machine(monkeypatch, tmp_path / "trainer")
+    test = CachedSplit(dataset["cache_dir"], "test")
+    key = reference["cache_key"]
+    assert test.cache_dir == tmp_path / "trainer" / ".cache" / "facet" / "prepared" / key
+    shards = sorted(p.name for p in test.cache_dir.glob("shard-*.npy"))
+    assert shards == ["shard-0000020-0000030.npy"]  # the test split's rows, no others
+    expected = PreparedImages(reference["cache_dir"])[test.rows]
+    assert np.array_equal(np.stack([test[i][0].numpy() for i in range(len(test))]), expected)
+
+
+def test_a_dataset_prepared_in_a_gs_cache_is_not_decoded_again(gcs, tmp_path, monkeypatch):
+    root = synthetic.generate(tmp_path / "celeba", synthetic.make_spec(12, seed=9))
+    on_machine(monkeypatch, tmp_path / "first")
+    first = prepare("x", root, image_size=16, shard_size=5)
+    on_machine(monkeypatch, tmp_path / "second")
+    monkeypatch.setattr(lib.data, "_decode_one", lambda *args: pytest.fail("decoded again"))
+    second = prepare("x", root, image_size=16, shard_size=5)
+    assert second["cache_reused"] is True and second["cache_dir"] == first["cache_dir"]

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from lib import synthetic
-from lib.data import prepare
+from lib.data import PreparedImages, prepare
 from lib.export import export
 from lib.inference import Predictor
 from lib.predlog import PredictionLog
@@ -93,7 +93,7 @@ def test_serving_predicts_exactly_what_evaluation_computed(smoke_run, client, fa
     probabilities: one decode, one preprocessing, one normalisation."""
     root = synthetic.generate(tmp_path / "same", synthetic.make_spec(6, seed=11))
     manifest = prepare("same", root, image_size=32)
-    cached = np.load(f"{manifest['cache_dir']}/images.npy")
+    cached = PreparedImages(manifest["cache_dir"])[:]
     direct = Predictor.from_run(smoke_run.pathspec).predict(cached).probs
     served = post_images(client, *faces[:4]).get_json()["predictions"]
     attributes = smoke_run.data.dataset["attributes"]

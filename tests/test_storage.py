@@ -1,8 +1,17 @@
-"""Checkpoint places, and their gs:// mirror against a real local GCS emulator."""
+"""Checkpoint places and their gs:// mirror, and the gs:// helpers, against a real local GCS
+emulator."""
 
 import pytest
 
-from lib.storage import COMPLETE, CheckpointPlace, GCSMirror, checkpoint_place
+from lib.storage import (
+    COMPLETE,
+    CheckpointPlace,
+    GCSMirror,
+    checkpoint_place,
+    fetch_prefix,
+    list_prefix,
+    upload_file,
+)
 
 
 def make_checkpoint(folder, step, content):
@@ -58,3 +67,17 @@ def test_a_gs_datastore_mirrors_checkpoints_under_its_root(gcs, tmp_path, monkey
         checkpoint_place("TrainFlow", "7")
     with pytest.raises(ValueError, match="gs:// URI"):
         GCSMirror("s3://bucket/x")
+
+
+def test_upload_list_and_fetch_named_objects(gcs, tmp_path):
+    for name in ("a.npy", "b.npy", "c.json"):
+        (tmp_path / name).write_bytes(name.encode() * 3)
+        upload_file(tmp_path / name, f"gs://facet/cache/key/{name}")
+    assert list_prefix("gs://facet/cache/key") == {"a.npy": 15, "b.npy": 15, "c.json": 18}
+    assert list_prefix("gs://facet/cache/other") == {}
+
+    fetch_prefix("gs://facet/cache/key", tmp_path / "here", names=["b.npy", "c.json"])
+    assert sorted(p.name for p in (tmp_path / "here").iterdir()) == ["b.npy", "c.json"]
+    assert (tmp_path / "here" / "b.npy").read_bytes() == b"b.npyb.npyb.npy"
+    with pytest.raises(FileNotFoundError, match=r"not found under gs://facet/cache/key: \['d'\]"):
+        fetch_prefix("gs://facet/cache/key", tmp_path / "there", names=["a.npy", "d"])

@@ -1,0 +1,73 @@
+"""Training in two processes (torchrun, gloo on CPU), and compiled, against one eager process
+taking the same step on the same batch."""
+
+import json
+
+import torch
+from accelerate.utils import set_seed
+from conftest import SMOKE, run_flow
+
+from lib import synthetic
+from lib.data import CachedSplit, prepare
+from lib.distributed import run_training
+from lib.model import build_model
+
+
+def one_step_config(per_process_batch: int, processes: int) -> dict:
+    """One optimizer step over the same global batch, nothing random but the init: no
+    augmentation, no warmup, no dropout (the ViT config has none)."""
+    config = json.loads(SMOKE.read_text())
+    config["train"].update(
+        epochs=1,
+        batch_size=per_process_batch,
+        gradient_accumulation_steps=1,
+        warmup_ratio=0.0,
+        max_shift=0,
+        flip_probability=0.0,
+        num_workers=0,
+        log_every=1,
+        checkpoint_every=1000,
+        wandb=False,
+        num_processes=processes,
+    )
+    return config
+
+
+def test_two_processes_take_the_same_step_as_one(tmp_path):
+    root = synthetic.generate(tmp_path / "data", synthetic.make_spec(48, seed=5))
+    dataset = prepare("two", root, image_size=32)
+    half = len(CachedSplit(dataset["cache_dir"], "train")) // 2  # 2 x half <= train < 3 x half
+
+    config = one_step_config(2 * half, 1)
+    one = run_training(config, dataset, ("Test", "one", None))
+    two = run_training(one_step_config(half, 2), dataset, ("Test", "two", None))
+
+    assert (one.steps, two.steps) == (1, 1)
+    assert (one.world_size, two.world_size) == (1, 2)
+    assert len(set(two.weight_digests)) == 1  # both ranks hold bit-identical weights
+    ours, theirs = one.model.state_dict(), two.model.state_dict()
+    for name, weight in ours.items():
+        assert torch.allclose(weight, theirs[name], atol=1e-5), name
+    set_seed(0)  # the initial weights both started from: the step moved them
+    initial = build_model(config["model"], dataset["attributes"]).state_dict()
+    assert not torch.allclose(initial["classifier.weight"], ours["classifier.weight"])
+    assert [record["step"] for record in two.history] == [1]  # rank 0's log, relayed
+
+
+def test_a_compiled_model_takes_the_same_step(tmp_path):
+    root = synthetic.generate(tmp_path / "data", synthetic.make_spec(48, seed=5))
+    dataset = prepare("compiled", root, image_size=32)
+    batch = len(CachedSplit(dataset["cache_dir"], "train"))
+    eager = run_training(one_step_config(batch, 1), dataset, ("Test", "eager", None))
+    config = one_step_config(batch, 1)
+    config["train"]["compile"] = True
+    compiled = run_training(config, dataset, ("Test", "compiled", None))
+    for name, weight in eager.model.state_dict().items():
+        assert torch.allclose(weight, compiled.model.state_dict()[name], atol=1e-4), name
+
+
+def test_the_flow_trains_in_two_processes(smoke_config):
+    smoke_config["train"]["num_processes"] = 2
+    run = run_flow(smoke_config)
+    assert run["train"].task.data.world_size == 2
+    assert run.data.metrics["mean_accuracy"] > 0
