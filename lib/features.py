@@ -78,15 +78,35 @@ def probability_columns(attributes: list[str]) -> list[str]:
     return [f"prob_{name}" for name in attributes]
 
 
+def drift_columns(attributes: list[str], projection_dim: int) -> list[str]:
+    """The drift values of one image, in order: image features, probabilities, embedding."""
+    return [
+        *IMAGE_FEATURES,
+        *probability_columns(attributes),
+        *embedding_columns(projection_dim),
+    ]
+
+
+def drift_values(features: np.ndarray, probs: np.ndarray, projected: np.ndarray) -> np.ndarray:
+    """(B, F), (B, A), (B, k) -> (B, F + A + k) float32, in drift_columns order."""
+    return np.concatenate([features, probs, projected], axis=1).astype(np.float32)
+
+
 def feature_frame(
     features: np.ndarray, probs: np.ndarray, projected: np.ndarray, attributes: list[str]
 ) -> pd.DataFrame:
     """One row per image: image features, predicted probabilities, projected embedding."""
-    return pd.concat(
-        [
-            pd.DataFrame(features, columns=list(IMAGE_FEATURES)),
-            pd.DataFrame(probs.astype(np.float32), columns=probability_columns(attributes)),
-            pd.DataFrame(projected, columns=embedding_columns(projected.shape[1])),
-        ],
-        axis=1,
+    return pd.DataFrame(
+        drift_values(features, probs, projected),
+        columns=drift_columns(attributes, projected.shape[1]),
     )
+
+
+def drift_rows(
+    features: np.ndarray, probs: np.ndarray, projected: np.ndarray, attributes: list[str]
+) -> list[dict[str, float]]:
+    """The same values as feature_frame, as one dict per image: what the prediction log
+    stores per request, built without pandas (a third of a small model's request time)."""
+    names = drift_columns(attributes, projected.shape[1])
+    values = drift_values(features, probs, projected).tolist()
+    return [dict(zip(names, row, strict=True)) for row in values]

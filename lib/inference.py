@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lib.features import Projection, feature_frame, image_features
+from lib.features import Projection, drift_rows, image_features
 from lib.model import load_model, logits_and_embedding
 from lib.preprocess import (
     PREPROCESSOR_FILE,
@@ -144,10 +144,9 @@ class Predictor:
         ]
 
     def log_rows(self, prediction: Prediction) -> list[dict[str, float]]:
-        frame = feature_frame(
+        return drift_rows(
             prediction.features, prediction.probs, prediction.projected, self.attributes
         )
-        return frame.to_dict("records")
 
 
 def run_record(pathspec: str) -> tuple[dict[str, bytes], dict[str, list], dict[str, Any]]:

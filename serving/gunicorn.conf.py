@@ -14,7 +14,10 @@ import tempfile
 
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
-worker_class = "gthread"
+# With one request thread, the sync worker: it accepts a connection only when free, so load
+# spreads over the workers (a gthread worker queues connections it cannot serve yet, and p99
+# measured twice as long). Sync workers do not keep connections alive: put a proxy in front.
+worker_class = "sync" if threads == 1 else "gthread"
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 wsgi_app = "serving:create_app()"
 timeout = 120

@@ -1,0 +1,476 @@
+"""How fast does the service answer? gunicorn + serving/ against a naive server built like
+the predecessor's (bench/naive_server.py), side by side in one run.
+
+    python bench/serve_bench.py                                  # both models, about 7 minutes
+    python bench/serve_bench.py --models tiny --duration 4       # a quick look
+    python bench/serve_bench.py --model-run TrainFlow/1234 --precision vitb=int8
+    python bench/serve_bench.py --workers 1 --threads 4          # other gunicorn settings
+
+Two models: `tiny`, a trained TrainFlow run (the champion unless --model-run) exported with
+lib.export, and `vitb`, a ViT-B/16-sized model (224 px, 86M parameters) with random weights
+in the same folder format. For each:
+
+1. In this process: Predictor.predict images/s in fp32, bf16 and int8 at batch 1 and 8, with
+   the torch threads one gunicorn worker gets; for the trained model also the test split's
+   mean accuracy in each precision (the run's thresholds) and the share of decisions changed.
+2. Servers, one at a time: ours = gunicorn with serving/gunicorn.conf.py as production runs
+   it (MODEL_DIR, WEB_CONCURRENCY=2), at whichever of fp32 and bf16 was faster at batch 1
+   (int8 changes answers, so only --precision makes it the choice); ours again in int8; and
+   naive (fp32, one process, Flask's threaded development server).
+3. Load: client threads POST real JPEGs (lib.synthetic) as image/jpeg, one per request, each
+   on a fresh connection (as nginx talks to its upstreams by default; --keep-alive for
+   persistent ones), closed loop at concurrency 1, 4 and 16 for --duration seconds after a
+   warm-up. Printed: requests/s, p50 / p95 / p99 latency, errors, the server's CPU time per
+   request (all its processes, from /proc), and ours / naive for throughput and p99.
+
+The clients share the cores with the servers, and so does anything else running: req/s and
+latency move with the machine's load (printed at start and end), CPU ms per request much less.
+Nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lib import synthetic
+from lib.evaluate import summarize
+from lib.features import Projection
+from lib.inference import PRECISIONS, Predictor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CONCURRENCY = (1, 4, 16)
+DURATION = {"tiny": 8.0, "vitb": 15.0}  # seconds measured per cell
+VIT_BASE = {
+    "image_size": 224,
+    "patch_size": 16,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+}
+READY_TIMEOUT = 300.0
+
+
+@dataclass
+class Cell:
+    """One load level against one server."""
+
+    latencies: np.ndarray  # seconds, successful requests started inside the window
+    errors: int
+    seconds: float
+    total: int  # requests made, warm-up included
+    cpu_ms: float = np.nan  # the server's CPU time (all its processes) per answered request
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies) / self.seconds
+
+    def ms(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q) * 1000) if len(self.latencies) else np.nan
+
+
+# --- the models -------------------------------------------------------------------------
+
+
+def export_trained(run: str | None, out: Path) -> tuple[str, Path]:
+    """The run (default: the champion) exported as serving's MODEL_DIR would load it."""
+    from lib.export import export
+    from lib.registry import current_champion
+
+    if run is None:
+        champion = current_champion("TrainFlow")
+        if champion is None:
+            sys.exit(
+                "serve_bench: no TrainFlow run is tagged champion. Train one first with "
+                "`make run` (python flows/train_flow.py run), or pass --model-run TrainFlow/<id>."
+            )
+        run = champion.pathspec
+    try:
+        return run, export(run, out)
+    except AttributeError as error:  # a run from before the projection artifact existed
+        sys.exit(f"serve_bench: {run} lacks the artifact {error}; train a new run (make run)")
+
+
+def write_vit_base(out: Path) -> Path:
+    """A randomly initialised ViT-B/16 with 40 outputs, in lib.export's folder format."""
+    from lib.model import build_model, model_to_files, write_model_files
+    from lib.preprocess import Preprocessing
+
+    torch.manual_seed(0)
+    model = build_model(VIT_BASE, synthetic.ATTRIBUTES)
+    folder = write_model_files(model_to_files(model, Preprocessing(VIT_BASE["image_size"])), out)
+    embeddings = np.random.default_rng(0).normal(size=(32, VIT_BASE["hidden_size"]))
+    info = {
+        "run": "random ViT-B/16",
+        "dataset_fingerprint": "random",
+        "metrics": {},
+        "thresholds": dict.fromkeys(synthetic.ATTRIBUTES, 0.5),
+        "projection": Projection.fit(embeddings).to_dict(),
+    }
+    (folder / "facet.json").write_text(json.dumps(info))
+    return folder
+
+
+def face_jpegs(out: Path, n: int = 64) -> list[bytes]:
+    synthetic.generate(out, synthetic.make_spec(n, seed=123))
+    return [p.read_bytes() for p in sorted((out / "img_align_celeba").glob("*.jpg"))]
+
+
+# --- in process: precision ---------------------------------------------------------------
+
+
+def images_per_second(predictor: Predictor, pixels: np.ndarray, seconds: float = 1.5) -> float:
+    """Predictor.predict on one batch, repeated for at least `seconds` after a warm-up."""
+    predictor.predict(pixels)
+    calls, start = 0, time.perf_counter()
+    while calls < 2 or time.perf_counter() - start < seconds:
+        predictor.predict(pixels)
+        calls += 1
+    return calls * len(pixels) / (time.perf_counter() - start)
+
+
+def precision_speeds(folder: Path, images: list[bytes]) -> dict[str, dict[int, float]]:
+    """{precision: {batch: images/s}}."""
+    speeds = {}
+    for precision in PRECISIONS:
+        predictor = Predictor.from_dir(folder, precision)
+        pixels = np.stack([predictor.pixels(data) for data in images[:8]])
+        speeds[precision] = {b: images_per_second(predictor, pixels[:b]) for b in (1, 8)}
+    return speeds
+
+
+def precision_accuracy(run: str, folder: Path) -> dict[str, dict[str, float]] | str:
+    """Test-split mean accuracy per precision with the run's thresholds, and the share of
+    (image, attribute) decisions that differ from fp32; a reason string if the run's
+    prepared data is gone."""
+    from metaflow import Run, namespace
+
+    from lib.data import CachedSplit
+
+    namespace(None)
+    dataset = Run(run).data.dataset
+    try:
+        test = CachedSplit(dataset["cache_dir"], "test")
+        batches = list(torch.utils.data.DataLoader(test, batch_size=256))
+    except (OSError, KeyError, ValueError) as error:
+        return f"skipped: cannot read the run's prepared test split ({error})"
+    labels = torch.cat([labels for _, labels in batches]).numpy()
+    results, reference = {}, None
+    for precision in PRECISIONS:
+        predictor = Predictor.from_dir(folder, precision)
+        probs = np.concatenate([predictor.predict(pixels.numpy()).probs for pixels, _ in batches])
+        rates = np.array([dataset["positive_rates"]["train"][a] for a in predictor.attributes])
+        metrics = summarize(predictor.attributes, probs, labels, predictor.thresholds, rates)
+        decisions = probs >= predictor.thresholds
+        reference = decisions if reference is None else reference
+        results[precision] = {
+            "mean_accuracy": metrics["mean_accuracy"],
+            "changed": float((decisions != reference).mean()),
+        }
+    return results
+
+
+# --- servers -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ready(port: int) -> bool:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", "/readyz")
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
+
+
+@contextlib.contextmanager
+def server(
+    name: str, command: list[str], env: dict[str, str], port: int, log: Path
+) -> Iterator[tuple[int, int]]:
+    """Start a server, wait until it answers /readyz ten times in a row (fresh connections,
+    so that both gunicorn workers have loaded), yield its port and pid, stop it."""
+    with log.open("w") as errors:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=errors
+        )
+    try:
+        deadline, streak = time.monotonic() + READY_TIMEOUT, 0
+        while streak < 10:
+            if process.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"serve_bench: {name} did not start:\n{log.read_text()[-3000:]}")
+            streak = streak + 1 if ready(port) else 0
+            time.sleep(0.1)
+        yield port, process.pid
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+Server = contextlib.AbstractContextManager[tuple[int, int]]
+
+
+def ours(folder: Path, precision: str, args: argparse.Namespace, tmp: Path) -> Server:
+    """The service as production runs it: gunicorn with serving/gunicorn.conf.py."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("MODEL_RUN", "TORCH_THREADS")}
+    env.update(
+        MODEL_DIR=str(folder),
+        PRECISION=precision,
+        PREDICTION_LOG=str(tmp / f"predictions-{port}.db"),
+        HOST="127.0.0.1",
+        PORT=str(port),
+        WEB_CONCURRENCY=str(args.workers),
+        GUNICORN_THREADS=str(args.threads),
+        PROMETHEUS_MULTIPROC_DIR=str(tmp / f"metrics-{port}"),
+    )
+    if args.torch_threads:  # else gunicorn.conf.py derives it from the cores
+        env["TORCH_THREADS"] = str(args.torch_threads)
+    command = [sys.executable, "-m", "gunicorn", "--config", "serving/gunicorn.conf.py"]
+    return server("gunicorn", command, env, port, tmp / f"gunicorn-{port}.log")
+
+
+def naive(folder: Path, tmp: Path) -> Server:
+    """bench/naive_server.py: one process, fp32, torch's default threads."""
+    port = free_port()
+    command = [sys.executable, str(ROOT / "bench" / "naive_server.py"), str(folder)]
+    command += ["--port", str(port)]
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_THREADS"}
+    return server("the naive server", command, env, port, tmp / f"naive-{port}.log")
+
+
+# --- load --------------------------------------------------------------------------------
+
+
+def client(
+    port: int, images: list[bytes], first: int, until: float, keep_alive: bool, out: list
+) -> None:
+    """POST images back to back until `until`, appending (start, seconds, ok) per request:
+    a fresh connection per request (as nginx talks to its upstreams by default), or one
+    keep-alive connection, reopened after an error."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    headers = {"Content-Type": "image/jpeg"} | ({} if keep_alive else {"Connection": "close"})
+    i = first
+    while (start := time.perf_counter()) < until:
+        try:
+            connection.request("POST", "/predict", body=images[i % len(images)], headers=headers)
+            response = connection.getresponse()
+            response.read()
+            ok = response.status == 200
+        except (OSError, http.client.HTTPException):
+            ok = False
+        if not (ok and keep_alive):
+            connection.close()
+        out.append((start, time.perf_counter() - start, ok))
+        i += 1
+    connection.close()
+
+
+def load(
+    port: int, images: list[bytes], concurrency: int, seconds: float, keep_alive: bool
+) -> Cell:
+    """Closed-loop load; requests started during the warm-up (a fifth of the time, at least
+    1 s) are dropped."""
+    warmup = max(1.0, seconds / 5)
+    begin = time.perf_counter() + warmup
+    until = begin + seconds
+    records: list[tuple[float, float, bool]] = []
+    threads = [
+        threading.Thread(target=client, args=(port, images, 7 * i, until, keep_alive, records))
+        for i in range(concurrency)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    window = [(latency, ok) for start, latency, ok in records if start >= begin]
+    latencies = np.array([latency for latency, ok in window if ok])
+    return Cell(latencies, sum(not ok for _, ok in window), seconds, len(records))
+
+
+def measure(
+    serve: Server, images: list[bytes], seconds: float, keep_alive: bool
+) -> dict[int, Cell]:
+    cells = {}
+    with serve as (port, pid):
+        for c in CONCURRENCY:
+            before = cpu_seconds(pid)
+            cells[c] = load(port, images, c, seconds, keep_alive)
+            cells[c].cpu_ms = (cpu_seconds(pid) - before) * 1000 / max(cells[c].total, 1)
+    return cells
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time used so far by a process and its descendants (Linux /proc; NaN elsewhere).
+    Per request it hardly moves when other processes compete for the cores, unlike req/s."""
+    if not Path("/proc/self/stat").exists():
+        return np.nan
+    total, pids = 0.0, [pid]
+    while pids:
+        p = pids.pop()
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+            for task in Path(f"/proc/{p}/task").iterdir():
+                pids += [int(child) for child in (task / "children").read_text().split()]
+    return total
+
+
+# --- report ------------------------------------------------------------------------------
+
+
+def print_speeds(name: str, speeds: dict[str, dict[int, float]], torch_threads: int) -> None:
+    print(f"\n{name}: Predictor.predict in this process, {torch_threads} torch thread(s)")
+    print(f"  {'precision':9} {'batch 1 img/s':>14} {'batch 8 img/s':>14} {'vs fp32 (1 / 8)':>16}")
+    for precision, by_batch in speeds.items():
+        ratios = "/".join(f"{by_batch[b] / speeds['fp32'][b]:.2f}" for b in (1, 8))
+        print(f"  {precision:9} {by_batch[1]:14.1f} {by_batch[8]:14.1f} {ratios:>16}")
+
+
+def print_accuracy(accuracy: dict[str, dict[str, float]] | str) -> None:
+    if isinstance(accuracy, str):
+        print(f"  test accuracy: {accuracy}")
+        return
+    print(f"  {'precision':9} {'test mean accuracy':>19} {'decisions changed vs fp32':>26}")
+    for precision, row in accuracy.items():
+        print(f"  {precision:9} {row['mean_accuracy']:19.4f} {row['changed']:26.4%}")
+
+
+def print_cells(name: str, label: str, results: dict[str, dict[int, Cell]]) -> None:
+    print(f"\n{name}: HTTP /predict, one JPEG per request\n  {label}")
+    head = f"  {'server':10} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"
+    print(f"{head} {'errors':>6} {'CPU ms/req':>10}")
+    for server_name, cells in results.items():
+        for c, cell in cells.items():
+            print(
+                f"  {server_name:10} {c:4d} {cell.rps:8.1f} {cell.ms(50):8.1f} {cell.ms(95):8.1f}"
+                f" {cell.ms(99):8.1f} {cell.errors:6d} {cell.cpu_ms:10.1f}"
+            )
+    naive_cells = results["naive"]
+    for server_name, cells in results.items():
+        if server_name == "naive":
+            continue
+        for c in CONCURRENCY:
+            a, b = cells[c], naive_cells[c]
+            throughput, p99 = a.rps / b.rps if b.rps else np.nan, a.ms(99) / b.ms(99)
+            print(
+                f"  {server_name} / naive at {c:2d}: throughput {throughput:5.2f}x, p99 {p99:5.2f}x"
+            )
+
+
+# --- main --------------------------------------------------------------------------------
+
+
+def parse_precisions(text: str) -> dict[str, str]:
+    pairs = dict(item.split("=", 1) for item in text.split(",") if item)
+    for model, precision in pairs.items():
+        if model not in DURATION or precision not in PRECISIONS:
+            sys.exit(f"--precision: expected MODEL=PRECISION with {list(DURATION)} / {PRECISIONS}")
+    return pairs
+
+
+def bench_model(name: str, args: argparse.Namespace, images: list[bytes], tmp: Path) -> None:
+    if name == "tiny":
+        run, folder = export_trained(args.model_run, tmp / "tiny")
+        title = f"tiny = {run}"
+    else:
+        run, folder = None, write_vit_base(tmp / "vitb")
+        title = "vitb = ViT-B/16 size, random weights"
+    per_worker = max(1, (os.cpu_count() or 1) // (args.workers * args.threads))
+    torch_threads = args.torch_threads or per_worker  # what each gunicorn worker gets
+    torch.set_num_threads(torch_threads)
+    speeds = precision_speeds(folder, images)
+    print_speeds(title, speeds, torch_threads)
+    if run is not None:
+        print_accuracy(precision_accuracy(run, folder))
+    chosen = args.precision.get(name) or max(("fp32", "bf16"), key=lambda p: speeds[p][1])
+    seconds = args.duration or DURATION[name]
+    results = {}
+    for precision in dict.fromkeys((chosen, "int8")):  # int8 beside the choice, once
+        serve = ours(folder, precision, args, tmp)
+        results[f"ours {precision}"] = measure(serve, images, seconds, args.keep_alive)
+    results["naive"] = measure(naive(folder, tmp), images, seconds, args.keep_alive)
+    label = (
+        f"ours = gunicorn, {args.workers} worker(s) x {args.threads} thread(s), "
+        f"TORCH_THREADS={torch_threads}; "
+        f"naive = Flask dev server, 1 process, fp32; {seconds:g} s per cell, "
+        + ("keep-alive connections" if args.keep_alive else "a connection per request")
+    )
+    print_cells(title, label, results)
+
+
+def load_average() -> str:
+    """Other processes share the cores: the load average says how much they took."""
+    return "load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+
+
+def quiet() -> None:
+    """Keep the printed results readable: no progress bars, no deprecation chatter."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*quantize_per_tensor")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default="tiny,vitb", help="comma-separated: tiny, vitb")
+    parser.add_argument("--model-run", help="TrainFlow/<id> for tiny (default: the champion)")
+    parser.add_argument("--duration", type=float, help="seconds per cell (tiny 8, vitb 15)")
+    parser.add_argument(
+        "--precision", type=parse_precisions, default={}, help="e.g. tiny=fp32,vitb=bf16"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="WEB_CONCURRENCY for ours")
+    parser.add_argument("--threads", type=int, default=1, help="GUNICORN_THREADS for ours")
+    parser.add_argument("--torch-threads", type=int, help="TORCH_THREADS for ours")
+    parser.add_argument(
+        "--keep-alive", action="store_true", help="one connection per client thread"
+    )
+    args = parser.parse_args(argv)
+    models = [m for m in args.models.split(",") if m]
+    if unknown := set(models) - set(DURATION):
+        sys.exit(f"--models: unknown {sorted(unknown)}; known: {list(DURATION)}")
+    quiet()
+    # Metaflow needs a user name to read runs; shells without $USER get one, as in the Makefile.
+    os.environ.setdefault("METAFLOW_USER", os.environ.get("USER") or "facet")
+    started = time.perf_counter()
+    print(f"serve_bench: {os.cpu_count()} CPUs, torch {torch.__version__}, {load_average()}")
+    with tempfile.TemporaryDirectory(prefix="serve-bench-") as scratch:
+        tmp = Path(scratch)
+        images = face_jpegs(tmp / "faces")
+        for name in models:
+            bench_model(name, args, images, tmp)
+    print(f"\ntotal {time.perf_counter() - started:.0f} s, {load_average()}")
+
+
+if __name__ == "__main__":
+    main()
