@@ -8,12 +8,11 @@ MODEL_DIR=exported/ make serve              # a folder written by python -m lib.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from flask import Flask
 
-ROOT = Path(__file__).resolve().parents[1]
+from lib import predlog
 
 
 def settings_from_environment() -> dict[str, Any]:
@@ -23,7 +22,7 @@ def settings_from_environment() -> dict[str, Any]:
         "MODEL_RUN": env("MODEL_RUN"),
         "MODEL_DIR": env("MODEL_DIR"),
         "PRECISION": env("PRECISION", "fp32"),  # fp32 | bf16 | int8; see bench/serve_bench.py
-        "PREDICTION_LOG": env("PREDICTION_LOG", str(ROOT / "var" / "predictions.db")),
+        "PREDICTION_LOG": predlog.default_path(),
         "PREDICTION_LOG_MAX_AGE_HOURS": float(max_age) if max_age else None,
         "PREDICTION_LOG_MAX_ROWS": int(max_rows) if max_rows else None,
         "PREDICTION_LOG_PRUNE_EVERY": int(env("PREDICTION_LOG_PRUNE_EVERY", "1000")),

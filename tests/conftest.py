@@ -15,6 +15,7 @@ from metaflow.plugins.datastores.local_storage import LocalStorage
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOW = ROOT / "flows" / "train_flow.py"
+MONITOR_FLOW = ROOT / "flows" / "monitor_flow.py"
 SMOKE = ROOT / "flows" / "configs" / "smoke.json"
 
 
@@ -42,22 +43,58 @@ def smoke_config() -> dict:
     return json.loads(SMOKE.read_text())
 
 
+def learning_config() -> dict:
+    """The smoke run made long enough (~30 s on 2 cores) to learn the drawn attributes."""
+    smoke = json.loads(SMOKE.read_text())
+    return {
+        **smoke,
+        # One shard: the smoke config's small shards are there to test the fan-out.
+        "data": {**smoke["data"], "synthetic": {"n": 3000, "seed": 1}, "shard_size": 5000},
+        "model": {
+            "image_size": 32,
+            "patch_size": 4,
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 128,
+        },
+        "train": {
+            **smoke["train"],
+            "epochs": 10,
+            "batch_size": 64,
+            "learning_rate": 0.003,
+            "gradient_accumulation_steps": 1,
+            "max_shift": 1,
+            "num_workers": 0,
+            "log_every": 20,
+            "checkpoint_every": 10_000,
+            "wandb": False,
+        },
+        "require_beats_baseline": True,
+    }
+
+
 def run_flow(config: dict, expect: str = "successful", **parameters) -> Run:
     """Run TrainFlow as a user would and check how it ended: Runner does not raise."""
-    return _launch("run", [("config", config)], expect, **parameters)
+    return _launch(FLOW, "run", [("config", config)], expect, **parameters)
 
 
 def resume_flow(origin: Run, expect: str = "successful") -> Run:
     """`resume --origin-run-id`: Metaflow reuses the origin's config and refuses a new one."""
-    return _launch("resume", None, expect, origin_run_id=origin.id)
+    return _launch(FLOW, "resume", None, expect, origin_run_id=origin.id)
 
 
-def _launch(command: str, config_value, expect: str, **options) -> Run:
+def run_monitor(expect: str = "successful", **parameters) -> Run:
+    """Run MonitorFlow as a user would (model_run=, log=, window_hours=, min_rows=)."""
+    return _launch(MONITOR_FLOW, "run", None, expect, **parameters)
+
+
+def _launch(flow: Path, command: str, config_value, expect: str, **options) -> Run:
     # Cards are written under the working directory's .metaflow, whatever the sysroot says:
     # run from the datastore folder so that they land where the client reads them.
     cwd = os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"]
     settings = {"config_value": config_value} if config_value else {}
-    with Runner(str(FLOW), show_output=False, cwd=cwd, **settings) as runner:
+    with Runner(str(flow), show_output=False, cwd=cwd, **settings) as runner:
         result = getattr(runner, command)(**options)
         assert result.status == expect, result.stderr[-3000:]
         return result.run
@@ -75,6 +112,22 @@ def smoke_home(tmp_path_factory) -> tuple[Path, str]:
 @pytest.fixture
 def smoke_run(smoke_home, monkeypatch) -> Run:
     home, pathspec = smoke_home
+    use_home(monkeypatch, home)
+    return Run(pathspec)
+
+
+@pytest.fixture(scope="session")
+def learned_home(tmp_path_factory) -> tuple[Path, str]:
+    """One run of learning_config() for the session: test_learning checks what it learned,
+    test_monitor watches the traffic it serves."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        home = use_home(monkeypatch, tmp_path_factory.mktemp("learned"))
+        return home, run_flow(learning_config()).pathspec
+
+
+@pytest.fixture
+def learned_run(learned_home, monkeypatch) -> Run:
+    home, pathspec = learned_home
     use_home(monkeypatch, home)
     return Run(pathspec)
 

@@ -1,0 +1,155 @@
+"""How often does drift monitoring cry wolf, and how long does a large window take?
+
+    python bench/drift_bench.py                      # trains flows/configs/default.json first
+    python bench/drift_bench.py --home /tmp/bench    # reuses the champion trained there before
+
+In a datastore of its own (never yours: a MonitorFlow run there would move your next window),
+against the newest champion TrainFlow run there, trained first if there is none:
+1. False alarms: --windows windows of --window-size in-distribution synthetic faces, from seeds
+   the training set did not use, each predicted and logged as serving does (lib.inference,
+   lib.predlog), then tested against the run's reference by lib.monitor.detect_drift, the
+   function MonitorFlow's detect step calls. Prints how many windows raised drift.
+2. Time: a log of --rows rows (the windows' rows drawn again at random) and
+   `MonitorFlow run` over all of it; prints the run's wall time, and reading plus testing
+   timed in this process.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_FLOW = ROOT / "flows" / "train_flow.py"
+MONITOR_FLOW = ROOT / "flows" / "monitor_flow.py"
+FIRST_SEED = 1000  # the training sets use small seeds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--home", help="bench folder (datastore, caches); default: a new one")
+    parser.add_argument("--config", default=str(ROOT / "flows" / "configs" / "default.json"))
+    parser.add_argument("--windows", type=int, default=20)
+    parser.add_argument("--window-size", type=int, default=200)
+    parser.add_argument("--rows", type=int, default=100_000)
+    args = parser.parse_args()
+    home = Path(args.home or tempfile.mkdtemp(prefix="drift-bench-"))
+    datastore = home / "datastore"
+    datastore.mkdir(parents=True, exist_ok=True)
+    # Metaflow reads these when imported: set them before anything imports it.
+    os.environ.update(
+        METAFLOW_DATASTORE_SYSROOT_LOCAL=str(datastore),
+        METAFLOW_USER=os.environ.get("METAFLOW_USER", "bench"),
+        FACET_CACHE=str(home / "cache"),
+        WANDB_MODE="disabled",
+    )
+    model_run = champion(datastore, json.loads(Path(args.config).read_text()))
+    print(f"model: {model_run} (datastore {datastore})")
+    logs = home / "logs"  # fresh each time: a log reopened would be appended to
+    shutil.rmtree(logs, ignore_errors=True)
+    windows = log_windows(model_run, logs, args.windows, args.window_size)
+    false_alarms(model_run, windows)
+    large_window(model_run, datastore, logs / "large.db", windows, args.rows)
+
+
+def champion(datastore: Path, config: dict) -> str:
+    from metaflow import Runner
+
+    from lib.registry import current_champion
+
+    run = current_champion("TrainFlow")
+    if run is not None:
+        return run.pathspec
+    print("training a model first (flows/configs/default.json: a few minutes)")
+    with Runner(str(TRAIN_FLOW), show_output=False, cwd=datastore) as runner:
+        result = runner.run(config_value=[("config", config)])
+        assert result.status == "successful", result.stderr[-3000:]
+        return result.run.pathspec
+
+
+def log_windows(model_run: str, folder: Path, n_windows: int, size: int) -> list[Path]:
+    """One prediction log per window, written as serving writes it."""
+    from lib import synthetic
+    from lib.inference import Predictor
+    from lib.predlog import PredictionLog
+
+    predictor, logs = Predictor.from_run(model_run), []
+    for i in range(n_windows):
+        root = synthetic.generate(folder / f"faces{i}", synthetic.make_spec(size, FIRST_SEED + i))
+        images = sorted((root / "img_align_celeba").iterdir())
+        log = PredictionLog(folder / f"window{i}.db")
+        for start in range(0, size, 32):
+            batch = images[start : start + 32]
+            pixels = np.stack([predictor.pixels(path.read_bytes()) for path in batch])
+            log.append(f"window{i}", predictor.name, predictor.log_rows(predictor.predict(pixels)))
+        logs.append(log.path)
+    return logs
+
+
+def false_alarms(model_run: str, logs: list[Path]) -> None:
+    from lib.monitor import detect_drift, load_reference, read_window
+
+    reference, alarms, smallest_p, largest_distance = load_reference(model_run), 0, 1.0, 0.0
+    for log in logs:
+        window = (None, time.time())
+        drift, _ = detect_drift(reference, read_window(str(log), model_run, window), window)
+        alarms += drift["drift_detected"]
+        smallest_p = min(smallest_p, *(c["score"] for c in drift["columns"].values()))
+        embedding = drift["embedding"]
+        largest_distance = max(largest_distance, embedding["score"] / embedding["threshold"])
+    threshold = next(iter(drift["columns"].values()))["threshold"]
+    print(
+        f"false alarms: {alarms} of {len(logs)} in-distribution windows of "
+        f"{drift['n_current']} images (reference: {drift['n_reference']} rows)\n"
+        f"  smallest column p-value {smallest_p:.1e} (threshold {threshold:.1e}); "
+        f"largest embedding distance / threshold {largest_distance:.2f}"
+    )
+
+
+def large_window(
+    model_run: str, datastore: Path, path: Path, logs: list[Path], n_rows: int
+) -> None:
+    from metaflow import Runner
+
+    from lib.monitor import detect_drift, load_reference, read_window
+    from lib.predlog import PredictionLog
+
+    logged = pd.concat([PredictionLog(log).read() for log in logs], ignore_index=True)
+    values = logged.drop(columns=["ts", "request_id", "model", "image_index"])
+    drawn = values.sample(n_rows, replace=True, random_state=0).to_dict("records")
+    log = PredictionLog(path)
+    for start in range(0, n_rows, 1000):
+        log.append("large", model_run, drawn[start : start + 1000])
+
+    started = time.perf_counter()
+    window = (None, time.time())
+    rows = read_window(str(path), model_run, window)
+    read_s = time.perf_counter() - started
+    _, report = detect_drift(load_reference(model_run), rows, window)
+    total_s = time.perf_counter() - started
+    print(
+        f"window of {len(rows):,} rows: read {read_s:.1f} s, test + report {total_s - read_s:.1f} s"
+        f", {total_s:.1f} s in all (report {len(report) / 1e6:.1f} MB)"
+    )
+
+    started = time.perf_counter()
+    with Runner(str(MONITOR_FLOW), show_output=False, cwd=datastore) as runner:
+        result = runner.run(model_run=model_run, log=str(path), window_hours=24.0)
+        assert result.status == "successful", result.stderr[-3000:]
+    wall_s = time.perf_counter() - started
+    task = result.run["detect"].task
+    detect_s = (task.finished_at - task.created_at).total_seconds()
+    print(
+        f"MonitorFlow run over it: {wall_s:.1f} s wall, detect step {detect_s:.1f} s "
+        f"({result.run.data.drift['n_current']:,} rows)"
+    )
+
+
+if __name__ == "__main__":
+    main()

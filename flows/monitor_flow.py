@@ -1,0 +1,63 @@
+"""MonitorFlow: compare the traffic a model served with what it was trained on.
+
+    python flows/monitor_flow.py run                               # the champion, new rows
+    python flows/monitor_flow.py run --model-run TrainFlow/1234 --window-hours 24
+    python flows/monitor_flow.py argo-workflows create             # every hour on Argo
+
+`start` picks the model and the window, `detect` runs evidently on the window of the
+prediction log against the model's reference and makes the card, `end` tags the run `drift`
+and POSTs to ALERT_WEBHOOK_URL when it found drift. The logic lives in lib/monitor.py.
+"""
+
+from metaflow import FlowSpec, Parameter, card, current, schedule, step
+
+import lib  # noqa: F401  (light: puts lib/ into the code package that remote steps run from)
+
+
+@schedule(hourly=True)
+class MonitorFlow(FlowSpec):
+    """Drift of served traffic against the training reference, with evidently."""
+
+    # Read when the run starts, not when the flow is deployed: a scheduled run follows the
+    # champion and the environment of the machine it runs on.
+    model = Parameter("model-run", default="", help="TrainFlow run; default: the champion")
+    log = Parameter("log", default="", help="prediction log; default: serving's PREDICTION_LOG")
+    window_hours = Parameter(
+        "window-hours",
+        default=0.0,
+        help="rows of the last N hours; default (0): every row since the last verdict",
+    )
+    min_rows = Parameter("min-rows", default=100, help="fewer rows than this: no verdict")
+
+    @step
+    def start(self):
+        from lib.monitor import choose_window, resolve_model_run
+        from lib.predlog import default_path
+
+        self.model_run = resolve_model_run(self.model)
+        self.log_path = self.log or default_path()
+        self.window = choose_window(self.model_run, self.window_hours)
+        self.next(self.detect)
+
+    @card(type="blank")
+    @step
+    def detect(self):
+        from lib.monitor import detect_drift, drift_card, load_reference, read_window
+
+        rows = read_window(self.log_path, self.model_run, self.window)
+        reference = load_reference(self.model_run)
+        self.drift, self.report_html = detect_drift(reference, rows, self.window, self.min_rows)
+        current.card.extend(drift_card(self.model_run, self.drift, self.report_html))
+        print(f"{self.model_run}, {self.log_path}: {self.drift['message']}")
+        self.next(self.end)
+
+    @step
+    def end(self):
+        from lib.monitor import raise_alarm
+
+        if self.drift["drift_detected"]:
+            raise_alarm(f"{current.flow_name}/{current.run_id}", self.model_run, self.drift)
+
+
+if __name__ == "__main__":
+    MonitorFlow()

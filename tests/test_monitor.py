@@ -1,0 +1,131 @@
+"""MonitorFlow end to end: synthetic faces sent through the service fill the prediction log,
+then the flow runs as a user runs it, against a model that learned the drawn attributes."""
+
+import io
+import json
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+from conftest import run_monitor
+from metaflow.cards import get_cards
+from test_flow import card_text
+
+from lib import synthetic
+from lib.monitor import DRIFT_TAG, INSUFFICIENT, drifted_columns
+from serving import create_app
+
+WINDOW = 200
+# (generator overrides, the column that must drift); faces drawn from new seeds.
+SCENARIOS = {
+    "in-distribution": ({}, None),
+    "brightness": ({"shifts": {"brightness": 0.3}}, "brightness"),
+    "blur": ({"shifts": {"blur": 3}}, "sharpness"),
+    "eyeglasses": ({"prevalence": {"Eyeglasses": 0.4}}, "prob_Eyeglasses"),
+}
+
+
+@pytest.fixture
+def model_run(learned_home, isolated) -> str:
+    """The session's short run that learned the drawn attributes (prob_Eyeglasses responds to
+    glasses), copied into this test's datastore: one test's MonitorFlow runs never move the
+    window of another's."""
+    home, pathspec = learned_home
+    shutil.copytree(home / "datastore", isolated / "datastore", dirs_exist_ok=True)
+    return pathspec
+
+
+@pytest.fixture
+def service(model_run, tmp_path):
+    app = create_app({"MODEL_RUN": model_run, "PREDICTION_LOG": str(tmp_path / "predictions.db")})
+    assert app.extensions["facet.model"].wait(60), app.extensions["facet.model"].error
+    return app
+
+
+def send_faces(app, folder, n: int, seed: int, **overrides) -> None:
+    """Generate n faces and POST them to /predict, MAX_BATCH images a request."""
+    root = synthetic.generate(folder, synthetic.make_spec(n, seed=seed, **overrides))
+    images = sorted((root / "img_align_celeba").iterdir())
+    client, batch = app.test_client(), app.config["MAX_BATCH"]
+    for i in range(0, n, batch):
+        files = [(io.BytesIO(path.read_bytes()), path.name) for path in images[i : i + batch]]
+        response = client.post("/predict", data={"image": files})
+        assert response.status_code == 200, response.get_json()
+
+
+@pytest.fixture
+def webhook(monkeypatch):
+    """ALERT_WEBHOOK_URL pointing at a local server; yields the JSON bodies it received."""
+    received = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("ALERT_WEBHOOK_URL", f"http://127.0.0.1:{server.server_port}/hook")
+    yield received
+    server.shutdown()
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_a_window_drifts_when_the_faces_change_and_only_then(
+    scenario, model_run, service, webhook, tmp_path
+):
+    overrides, responsible = SCENARIOS[scenario]
+    send_faces(service, tmp_path / "faces", WINDOW, seed=7, **overrides)
+    run = run_monitor(model_run=model_run, log=service.config["PREDICTION_LOG"])
+
+    drift = run.data.drift
+    assert drift["n_current"] == WINDOW
+    assert drift["drift_detected"] is (responsible is not None), drift["message"]
+    assert (DRIFT_TAG in run.tags) is drift["drift_detected"]
+    if responsible is None:
+        assert drifted_columns(drift) == [] and not drift["embedding"]["drifted"]
+        assert webhook == []
+    else:
+        assert responsible in drifted_columns(drift), drift["message"]
+        [alert] = webhook
+        assert (alert["monitor_run"], alert["model_run"]) == (run.pathspec, model_run)
+        assert responsible in alert["drifted_columns"] and alert["drift_detected"] is True
+
+    assert run.data.report_html.lstrip().startswith("<")
+    content = card_text(get_cards(run["detect"].task)[0].get())
+    assert "per-column drift" in content and "iframe" in content
+    response = service.test_client().get("/monitoring/drift")
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    assert response.headers["X-Monitor-Run"] == run.pathspec
+
+
+def test_each_run_tests_the_rows_logged_since_the_last_verdict(
+    model_run, service, tmp_path, monkeypatch
+):
+    nowhere = tmp_path / "nowhere.db"
+    missing = run_monitor(model_run=model_run, log=str(nowhere)).data.drift
+    assert missing["drift_detected"] is None and INSUFFICIENT in missing["message"]
+    assert not nowhere.exists()
+
+    # From here the defaults: serving's log (PREDICTION_LOG) and the champion.
+    monkeypatch.setenv("PREDICTION_LOG", service.config["PREDICTION_LOG"])
+    send_faces(service, tmp_path / "a", 10, seed=21)
+    few = run_monitor(min_rows=20)
+    assert few.data.model_run == model_run and few.data.report_html is None
+    drift = few.data.drift
+    assert (drift["drift_detected"], drift["n_current"]) == (None, 10)
+    assert INSUFFICIENT in drift["message"]
+
+    send_faces(service, tmp_path / "b", 20, seed=22)
+    first = run_monitor(min_rows=20).data.drift  # the 10 rows left untested come along
+    assert (first["drift_detected"], first["n_current"], first["window_start"]) == (False, 30, None)
+
+    send_faces(service, tmp_path / "c", 25, seed=23)
+    second = run_monitor(min_rows=20).data.drift
+    assert (second["n_current"], second["window_start"]) == (25, first["window_end"])
+    assert run_monitor(min_rows=20, window_hours=1.0).data.drift["n_current"] == 55
