@@ -2,7 +2,7 @@
 ViT), same images, batch size and number of optimizer steps, one after the other in this
 process.
 
-    python bench/train_bench.py [--steps 30]
+    python bench/train_bench.py [--steps 100]
 
     ours        lib.train.train over the prepared uint8 cache: DataLoader workers,
                 normalisation and augmentation as tensor ops
@@ -135,7 +135,7 @@ def run_no_trainer(config: dict, root: Path, steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=100)
     args = parser.parse_args()
     config = json.loads(CONFIG.read_text())
     batch = config["train"]["batch_size"]
