@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Bump when decode_image() or preprocess() changes: the version is part of every cache key.
 PREPROCESS_VERSION = 2
@@ -72,6 +72,8 @@ def decode_image(source: bytes | str | Path, max_pixels: int | None = None) -> I
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     except Image.DecompressionBombError as error:  # Pillow's own limit, far above ours
         raise ImageTooLargeError(str(error)) from error
+    except UnidentifiedImageError as error:
+        raise ImageDecodeError("not an image in a format Pillow reads (JPEG, PNG, …)") from error
     except unreadable as error:
         raise ImageDecodeError(f"cannot decode image: {error}") from error
     width, height = image.size
