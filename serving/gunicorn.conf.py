@@ -26,7 +26,9 @@ accesslog = "-"
 
 os.environ.setdefault("TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // (workers * threads))))
 # Prometheus multiprocess mode: set before any worker imports prometheus_client.
-os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="facet-metrics-"))
+# (An empty value would make prometheus_client write its files into the working directory.)
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="facet-metrics-")
 
 
 def on_starting(server):
