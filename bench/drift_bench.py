@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN_FLOW = ROOT / "flows" / "train_flow.py"
+TRAIN_FLOW_FILE = ROOT / "flows" / "train_flow.py"
 MONITOR_FLOW = ROOT / "flows" / "monitor_flow.py"
 FIRST_SEED = 1000  # the training sets use small seeds
 
@@ -61,13 +61,13 @@ def main() -> None:
 def champion(datastore: Path, config: dict) -> str:
     from metaflow import Runner
 
-    from lib.registry import current_champion
+    from lib.registry import TRAIN_FLOW, current_champion
 
-    run = current_champion("TrainFlow")
+    run = current_champion(TRAIN_FLOW)
     if run is not None:
         return run.pathspec
     print("training a model first (flows/configs/default.json: a few minutes)")
-    with Runner(str(TRAIN_FLOW), show_output=False, cwd=datastore) as runner:
+    with Runner(str(TRAIN_FLOW_FILE), show_output=False, cwd=datastore) as runner:
         result = runner.run(config_value=[("config", config)])
         assert result.status == "successful", result.stderr[-3000:]
         return result.run.pathspec

@@ -151,7 +151,7 @@ class SplitPredictions:
     probs: np.ndarray  # (N, A) sigmoid probabilities
     labels: np.ndarray  # (N, A) 0/1
     embeddings: np.ndarray  # (N, D) [CLS] vectors
-    features: np.ndarray  # (N, F) lib.features.image_features
+    features: np.ndarray | None  # (N, F) lib.features.image_features, when asked for
 
 
 @torch.inference_mode()
@@ -160,20 +160,26 @@ def predict(
     split: CachedSplit,
     preprocessing: Preprocessing,
     batch_size: int = 256,
+    with_features: bool = False,
 ) -> SplitPredictions:
-    """Probabilities, labels and embeddings for every image of a prepared split."""
+    """Probabilities, labels and embeddings for every image of a prepared split, and its
+    drift features when `with_features` (only the test split, the reference, needs them)."""
     device = next(model.parameters()).device
     model.eval()
     loader = torch.utils.data.DataLoader(split, batch_size=batch_size)
     probs, labels, embeddings, features = [], [], [], []
     for pixels, batch_labels in loader:
-        features.append(image_features(pixels.numpy()))
+        if with_features:
+            features.append(image_features(pixels.numpy()))
         x = to_model_input(pixels.to(device), preprocessing)
         logits, cls = logits_and_embedding(model, x)
         probs.append(torch.sigmoid(logits.float()).cpu().numpy())
         embeddings.append(cls.float().cpu().numpy())
         labels.append(batch_labels.numpy().astype(np.uint8))
-    return SplitPredictions(*map(np.concatenate, (probs, labels, embeddings, features)))
+    return SplitPredictions(
+        *map(np.concatenate, (probs, labels, embeddings)),
+        features=np.concatenate(features) if with_features else None,
+    )
 
 
 @dataclass
@@ -200,7 +206,7 @@ def evaluate_model(
     val = predict(model, validation, preprocessing, cfg["batch_size"])
     thresholds = tune_thresholds(val.probs, val.labels, cfg["threshold_objective"])
     projection = Projection.fit(val.embeddings)
-    tested = predict(model, test, preprocessing, cfg["batch_size"])
+    tested = predict(model, test, preprocessing, cfg["batch_size"], with_features=True)
     probs, labels = tested.probs, tested.labels
     reference = feature_frame(
         tested.features, probs, projection.transform(tested.embeddings), attributes

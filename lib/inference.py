@@ -28,7 +28,6 @@ from lib.preprocess import (
 )
 
 PRECISIONS = ("fp32", "bf16", "int8")
-TRAIN_FLOW = "TrainFlow"
 
 
 @dataclass
@@ -56,7 +55,7 @@ class Predictor:
 
     @classmethod
     def champion(cls, precision: str = "fp32") -> Predictor:
-        from lib.registry import current_champion
+        from lib.registry import TRAIN_FLOW, current_champion
 
         run = current_champion(TRAIN_FLOW)
         if run is None:

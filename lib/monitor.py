@@ -39,7 +39,6 @@ from lib.features import IMAGE_FEATURES, embedding_columns, probability_columns
 from lib.predlog import PredictionLog
 
 MONITOR_FLOW = "MonitorFlow"
-TRAIN_FLOW = "TrainFlow"
 DRIFT_TAG = "drift"
 ALERT_WEBHOOK_URL = "ALERT_WEBHOOK_URL"
 # At most one false alarm in a hundred in-distribution windows, all tests of a window together.
@@ -84,7 +83,7 @@ def successful_runs(model_run: str | None = None) -> Iterator[Run]:
 
 def resolve_model_run(model_run: str = "") -> str:
     """The given TrainFlow run, checked to exist, or the current champion."""
-    from lib.registry import current_champion
+    from lib.registry import TRAIN_FLOW, current_champion
 
     namespace(None)
     if model_run:

@@ -13,6 +13,7 @@ from metaflow import Flow, Run, namespace
 from metaflow.exception import MetaflowNotFound
 
 CHAMPION = "champion"
+TRAIN_FLOW = "TrainFlow"  # the flow whose runs are champions, served and monitored
 
 
 def current_champion(

@@ -6,11 +6,10 @@ class EmulatorClientProvider:
 
     @staticmethod
     def get_gs_storage_client(*args, **kwargs):
-        from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage
+        from lib.storage import _storage_client  # the project's client: anonymous on the emulator
 
         assert os.environ.get("STORAGE_EMULATOR_HOST"), "only for gcp-storage-emulator"
-        return storage.Client(project="facet-test", credentials=AnonymousCredentials())
+        return _storage_client()
 
     @staticmethod
     def get_credentials(scopes, *args, **kwargs):
