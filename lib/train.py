@@ -138,7 +138,10 @@ def train(
         log_with=_tracker(cfg),
         # Each epoch's order depends on (seed, epoch) alone, so a resumed run can skip to
         # the exact batch where the checkpoint was taken.
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg["seed"]),
+        # non_blocking: batches from pinned memory are copied while the previous step runs.
+        dataloader_config=DataLoaderConfiguration(
+            use_seedable_sampler=True, data_seed=cfg["seed"], non_blocking=on_cuda
+        ),
     )
     set_seed(cfg["seed"])
     preprocessing = preprocessing_of(config["model"])
