@@ -53,12 +53,15 @@ class TrainFlow(FlowSpec):
     @step
     def prepare_data(self, inputs):
         """Join the shards: the manifest becomes the `dataset` artifact."""
+        self.join_shards(inputs)
+        self.next(self.train)
+
+    def join_shards(self, inputs):
         from lib.cards import dataset_summary
         from lib.data import finish
 
         self.dataset = finish(inputs[0].plan, self.config.data.allow_skipped)
         current.card.extend(dataset_summary(self.dataset))
-        self.next(self.train)
 
     @resources(cpu=config.resources.cpu, memory=config.resources.memory, gpu=config.resources.gpu)
     @retry(times=config.retries)
@@ -66,21 +69,28 @@ class TrainFlow(FlowSpec):
     @card(type="blank", refresh_interval=5)
     @step
     def train(self):
+        self.train_model()
+        self.next(self.evaluate)
+
+    def train_model(self, launch=None):
+        """Train and store `model`, `history`, `resumed_from_step` and `world_size`. With
+        `launch`, this task is one node of a multi-node job (TrainMultiNodeFlow), and only the
+        node that holds global rank 0 has a result to store."""
         from lib.cards import TrainingCard
         from lib.distributed import run_training
         from lib.model import model_to_files, preprocessing_of
 
         run = (current.flow_name, current.run_id, current.origin_run_id)
         card = TrainingCard(current.card)
-        result = run_training(
-            self.config.to_dict(), self.dataset, run, current.retry_count, on_log=card
-        )
+        config = self.config.to_dict()
+        result = run_training(config, self.dataset, run, current.retry_count, card, launch)
+        if result is None:
+            return
         card.finish(result.steps, result.resumed_from_step)
         self.model = model_to_files(result.model, preprocessing_of(self.config.model))
         self.history = result.history
         self.resumed_from_step = result.resumed_from_step
         self.world_size = result.world_size
-        self.next(self.evaluate)
 
     @resources(cpu=config.resources.cpu, memory=config.resources.memory, gpu=config.resources.gpu)
     @card(type="blank")

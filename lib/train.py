@@ -162,7 +162,10 @@ def train(
     total_steps = cfg["epochs"] * steps_per_epoch
     progress = Progress(augment_seed=cfg["seed"] + 1)
     accelerator.register_for_checkpointing(progress)
-    checkpoint = next(filter(None, (place.latest() for place in resume_from)), None)
+    # On a fresh machine latest() downloads the mirrored checkpoint: once per machine, after
+    # which the other processes find it on disk.
+    with accelerator.local_main_process_first():
+        checkpoint = next(filter(None, (place.latest() for place in resume_from)), None)
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         accelerator.print(f"resuming from {checkpoint} (step {progress.step})")

@@ -15,6 +15,7 @@ from metaflow.plugins.datastores.local_storage import LocalStorage
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOW = ROOT / "flows" / "train_flow.py"
+MULTINODE_FLOW = ROOT / "flows" / "train_multinode_flow.py"
 MONITOR_FLOW = ROOT / "flows" / "monitor_flow.py"
 SMOKE = ROOT / "flows" / "configs" / "smoke.json"
 
@@ -74,9 +75,10 @@ def learning_config() -> dict:
     }
 
 
-def run_flow(config: dict, expect: str = "successful", **parameters) -> Run:
-    """Run TrainFlow as a user would and check how it ended: Runner does not raise."""
-    return _launch(FLOW, "run", [("config", config)], expect, **parameters)
+def run_flow(config: dict, expect: str = "successful", flow: Path = FLOW, **parameters) -> Run:
+    """Run TrainFlow (or `flow`) as a user would and check how it ended: Runner does not
+    raise."""
+    return _launch(flow, "run", [("config", config)], expect, **parameters)
 
 
 def resume_flow(origin: Run, expect: str = "successful") -> Run:

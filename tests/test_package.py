@@ -1,5 +1,6 @@
 """Remote steps (--with kubernetes / batch) run from Metaflow's code package: lib/ must be in it."""
 
+import json
 import os
 import subprocess
 import sys
@@ -28,3 +29,24 @@ def test_code_package_holds_every_lib_module(flow):
     }
     assert set(LIB) <= packaged, set(LIB) - packaged
     assert os.path.relpath(flow, ROOT) in packaged
+
+
+CONFIGS = sorted((ROOT / "flows" / "configs").glob("*.json"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_every_config_validates(config):
+    """`check` builds the decorators from the config (resources, retries, timeout) and
+    validates the graph; a config with several nodes goes with the multi-node flow."""
+    nodes = json.loads(config.read_text())["train"].get("num_nodes", 1)
+    flow = ROOT / "flows" / ("train_multinode_flow.py" if nodes > 1 else "train_flow.py")
+    checked = subprocess.run(
+        [sys.executable, str(flow), "--config", "config", str(config), "check"],
+        cwd=ROOT,
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert checked.returncode == 0, checked.stderr[-2000:]
+    assert "The graph looks good!" in checked.stdout + checked.stderr

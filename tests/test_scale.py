@@ -2,15 +2,20 @@
 taking the same step on the same batch."""
 
 import json
+import os
+import shutil
+import sys
+from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
-from conftest import SMOKE, run_flow
+from conftest import MULTINODE_FLOW, SMOKE, run_flow
 
 from lib import synthetic
 from lib.data import CachedSplit, prepare
 from lib.distributed import run_training
-from lib.model import build_model
+from lib.model import build_model, load_model
+from lib.storage import checkpoint_place
 
 
 def one_step_config(per_process_batch: int, processes: int) -> dict:
@@ -66,8 +71,43 @@ def test_a_compiled_model_takes_the_same_step(tmp_path):
         assert torch.allclose(weight, compiled.model.state_dict()[name], atol=1e-4), name
 
 
-def test_the_flow_trains_in_two_processes(smoke_config):
+def test_two_nodes_train_like_two_processes_on_one(smoke_config, monkeypatch):
+    """TrainFlow with 2 processes, and TrainMultiNodeFlow with 2 nodes of 1 process (Metaflow
+    runs @parallel's nodes as local processes): the same job, so the same weights."""
     smoke_config["train"]["num_processes"] = 2
-    run = run_flow(smoke_config)
-    assert run["train"].task.data.world_size == 2
-    assert run.data.metrics["mean_accuracy"] > 0
+    one_node = run_flow(smoke_config)
+    smoke_config["train"].update(num_processes=1, num_nodes=2)
+    # Locally, Metaflow starts the other nodes with the `python` it finds on PATH.
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    two_nodes = run_flow(smoke_config, flow=MULTINODE_FLOW)
+    assert len(list(two_nodes["train"])) == 2
+    for run in (one_node, two_nodes):
+        assert run["evaluate"].task.data.world_size == 2
+        assert run.data.metrics["mean_accuracy"] > 0
+    weights = [
+        load_model(run["evaluate"].task.data.model)[0].state_dict() for run in (one_node, two_nodes)
+    ]
+    for name, weight in weights[0].items():
+        assert torch.allclose(weight, weights[1][name], atol=1e-6), name
+
+
+def test_one_node_flow_refuses_several_nodes(smoke_config):
+    smoke_config["train"]["num_nodes"] = 2
+    run = run_flow(smoke_config, expect="failed")
+    assert "train_multinode_flow.py" in run["train"].task.stderr
+
+
+def test_processes_on_a_fresh_machine_resume_from_the_mirror(gcs, tmp_path, monkeypatch):
+    """A retry on a new pod: the checkpoint is only in gs://. It is downloaded once per
+    machine (the local main process first), and every process continues from it."""
+    monkeypatch.setenv("METAFLOW_DEFAULT_DATASTORE", "gs")
+    monkeypatch.setenv("METAFLOW_DATASTORE_SYSROOT_GS", "gs://facet/metaflow")
+    root = synthetic.generate(tmp_path / "data", synthetic.make_spec(48, seed=5))
+    dataset = prepare("mirror", root, image_size=32)
+    config = one_step_config(4, 2)
+    config["train"].update(epochs=2, checkpoint_every=2)
+    first = run_training(config, dataset, ("Test", "pod", None))
+    shutil.rmtree(checkpoint_place("Test", "pod").folder)  # the new machine has no checkpoints
+    again = run_training(config, dataset, ("Test", "pod", None))
+    assert (again.resumed_from_step, again.world_size) == (first.steps, 2)
+    assert again.weight_digests == first.weight_digests == [first.weight_digests[0]] * 2
