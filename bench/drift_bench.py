@@ -61,9 +61,9 @@ def main() -> None:
 def champion(datastore: Path, config: dict) -> str:
     from metaflow import Runner
 
-    from lib.registry import TRAIN_FLOW, current_champion
+    from lib.registry import current_champion
 
-    run = current_champion(TRAIN_FLOW)
+    run = current_champion()
     if run is not None:
         return run.pathspec
     print("training a model first (flows/configs/default.json: a few minutes)")

@@ -94,10 +94,10 @@ class Cell:
 def export_trained(run: str | None, out: Path) -> tuple[str, Path]:
     """The run (default: the champion) exported as serving's MODEL_DIR would load it."""
     from lib.export import export
-    from lib.registry import TRAIN_FLOW, current_champion
+    from lib.registry import current_champion
 
     if run is None:
-        champion = current_champion(TRAIN_FLOW)
+        champion = current_champion()
         if champion is None:
             sys.exit(
                 "serve_bench: no TrainFlow run is tagged champion. Train one first with "

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from lib.features import Projection, drift_rows, image_features
-from lib.model import load_model, logits_and_embedding
+from lib.model import device_for_inference, load_model, logits_and_embedding
 from lib.preprocess import (
     PREPROCESSOR_FILE,
     Preprocessing,
@@ -55,15 +55,10 @@ class Predictor:
 
     @classmethod
     def champion(cls, precision: str = "fp32") -> Predictor:
-        from lib.registry import TRAIN_FLOW, current_champion
+        from lib.registry import champion_pathspec
 
-        run = current_champion(TRAIN_FLOW)
-        if run is None:
-            raise LookupError(
-                f"no {TRAIN_FLOW} run is tagged champion: train one "
-                "(python flows/train_flow.py run) or set MODEL_RUN or MODEL_DIR"
-            )
-        return cls.from_run(run.pathspec, precision)
+        advice = "train one (python flows/train_flow.py run) or set MODEL_RUN or MODEL_DIR"
+        return cls.from_run(champion_pathspec(advice), precision)
 
     @classmethod
     def from_dir(cls, folder: str | Path, precision: str = "fp32") -> Predictor:
@@ -92,8 +87,7 @@ class Predictor:
     ) -> Predictor:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        model, preprocessing = load_model(files, device)
+        model, preprocessing = load_model(files, device_for_inference())
         if precision == "int8":
             model = quantize_int8(model)
         attributes = [model.config.id2label[i] for i in range(model.config.num_labels)]

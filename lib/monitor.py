@@ -83,15 +83,10 @@ def successful_runs(model_run: str | None = None) -> Iterator[Run]:
 
 def resolve_model_run(model_run: str = "") -> str:
     """The given TrainFlow run, checked to exist, or the current champion."""
-    from lib.registry import TRAIN_FLOW, current_champion
+    from lib.registry import champion_pathspec
 
     namespace(None)
-    if model_run:
-        return Run(model_run).pathspec
-    champion = current_champion(TRAIN_FLOW)
-    if champion is None:
-        raise LookupError(f"no {TRAIN_FLOW} run is tagged champion: pass --model-run")
-    return champion.pathspec
+    return Run(model_run).pathspec if model_run else champion_pathspec("pass --model-run")
 
 
 def choose_window(model_run: str, window_hours: float = 0.0) -> Window:

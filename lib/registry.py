@@ -13,19 +13,20 @@ from metaflow import Flow, Run, namespace
 from metaflow.exception import MetaflowNotFound
 
 CHAMPION = "champion"
-TRAIN_FLOW = "TrainFlow"  # the flow whose runs are champions, served and monitored
+# The flows whose runs become champions, are served and are monitored: one node or several.
+TRAIN_FLOWS = ("TrainFlow", "TrainMultiNodeFlow")
 
 
-def current_champion(
-    flow_name: str, fingerprint: str | None = None, exclude: str | None = None
-) -> Run | None:
-    """The newest run tagged champion, across namespaces; with a fingerprint, the newest
-    whose dataset has it."""
+def current_champion(fingerprint: str | None = None, exclude: str | None = None) -> Run | None:
+    """The newest run of a training flow tagged champion, across namespaces; with a
+    fingerprint, the newest whose dataset has it."""
     namespace(None)
-    try:
-        runs = list(Flow(flow_name).runs(CHAMPION))
-    except MetaflowNotFound:
-        return None
+    runs = []
+    for flow_name in TRAIN_FLOWS:
+        try:
+            runs += Flow(flow_name).runs(CHAMPION)
+        except MetaflowNotFound:
+            continue
     for run in sorted(runs, key=lambda r: r.created_at, reverse=True):
         if run.pathspec == exclude:
             continue
@@ -39,14 +40,21 @@ def current_champion(
     return None
 
 
+def champion_pathspec(advice: str) -> str:
+    """The current champion's run, or a LookupError that ends with `advice`."""
+    champion = current_champion()
+    if champion is None:
+        raise LookupError(f"no {' or '.join(TRAIN_FLOWS)} run is tagged {CHAMPION}: {advice}")
+    return champion.pathspec
+
+
 def promote_if_better(
     run_pathspec: str, dataset: dict[str, Any], metrics: dict[str, Any]
 ) -> tuple[bool, str]:
     """Tag the run champion if it earns it; return (promoted, reason)."""
     if not metrics["beats_baseline"]:
         return False, "test mean accuracy does not beat the majority baseline"
-    flow_name = run_pathspec.split("/")[0]
-    champion = current_champion(flow_name, dataset["fingerprint"], exclude=run_pathspec)
+    champion = current_champion(dataset["fingerprint"], exclude=run_pathspec)
     if champion is not None:
         best = champion["evaluate"].task.data.metrics["mean_accuracy"]
         ours = metrics["mean_accuracy"]

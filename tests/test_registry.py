@@ -10,7 +10,7 @@ def test_champion_is_earned_on_the_same_dataset(smoke_run, smoke_config):
     first = smoke_run
     dataset = first.data.dataset
     assert CHAMPION not in first.tags  # the smoke model does not beat the baseline
-    assert current_champion("TrainFlow", dataset["fingerprint"]) is None
+    assert current_champion(dataset["fingerprint"]) is None
 
     real = first.data.metrics
     promoted, reason = promote_if_better(first.pathspec, dataset, {**real, "beats_baseline": True})
@@ -28,5 +28,5 @@ def test_champion_is_earned_on_the_same_dataset(smoke_run, smoke_config):
     assert promote_if_better(second.pathspec, dataset, collapsed)[0] is False
     promoted, reason = promote_if_better(second.pathspec, dataset, better)
     assert promoted and first.pathspec in reason
-    assert current_champion("TrainFlow", dataset["fingerprint"]).pathspec == second.pathspec
-    assert current_champion("TrainFlow", "another fingerprint") is None
+    assert current_champion(dataset["fingerprint"]).pathspec == second.pathspec
+    assert current_champion("another fingerprint") is None

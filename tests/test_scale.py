@@ -15,6 +15,7 @@ from lib import synthetic
 from lib.data import CachedSplit, prepare
 from lib.distributed import run_training
 from lib.model import build_model, load_model
+from lib.registry import champion_pathspec, promote_if_better
 from lib.storage import checkpoint_place
 
 
@@ -89,6 +90,14 @@ def test_two_nodes_train_like_two_processes_on_one(smoke_config, monkeypatch):
     ]
     for name, weight in weights[0].items():
         assert torch.allclose(weight, weights[1][name], atol=1e-6), name
+
+    # Champions of both flows compete on the same data, and serving finds either.
+    metrics = {**one_node.data.metrics, "beats_baseline": True}
+    assert promote_if_better(one_node.pathspec, one_node.data.dataset, metrics)[0]
+    better = {**metrics, "mean_accuracy": metrics["mean_accuracy"] + 0.01}
+    promoted, reason = promote_if_better(two_nodes.pathspec, two_nodes.data.dataset, better)
+    assert promoted and one_node.pathspec in reason
+    assert champion_pathspec("train one") == two_nodes.pathspec
 
 
 def test_one_node_flow_refuses_several_nodes(smoke_config):

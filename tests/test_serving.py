@@ -219,6 +219,13 @@ def test_champion_is_served_by_default(smoke_run, tmp_path, faces):
         smoke_run.remove_tag(CHAMPION)
 
 
+def test_without_a_champion_readiness_says_how_to_get_one(tmp_path):
+    response = make_app(tmp_path).test_client().get("/readyz")
+    assert response.status_code == 503
+    message = response.get_json()["error"]["message"]
+    assert "TrainMultiNodeFlow run is tagged champion" in message and "MODEL_RUN" in message
+
+
 def test_an_exported_folder_serves_the_same_predictions(smoke_run, client, tmp_path, faces):
     folder = export(smoke_run.pathspec, tmp_path / "exported")
     exported = make_app(tmp_path / "other", MODEL_DIR=str(folder)).test_client()
