@@ -3,6 +3,8 @@
 import json
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,6 +75,21 @@ def learning_config() -> dict:
         },
         "require_beats_baseline": True,
     }
+
+
+def run_python(*args, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """This interpreter with `args` in a fresh process (this test's environment); it must
+    succeed."""
+    done = subprocess.run(
+        [sys.executable, *map(str, args)],
+        cwd=cwd,
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
 
 
 def run_flow(config: dict, expect: str = "successful", flow: Path = FLOW, **parameters) -> Run:

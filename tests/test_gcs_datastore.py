@@ -6,10 +6,8 @@ provides such a client."""
 
 import json
 import os
-import subprocess
-import sys
 
-from conftest import FLOW, ROOT
+from conftest import FLOW, ROOT, run_python
 from metaflow import Runner
 
 from lib.storage import _storage_client
@@ -39,22 +37,14 @@ def test_a_run_on_the_gcs_datastore_stores_artifacts_and_checkpoints_there(
     assert any(n.startswith(checkpoints) and n.endswith("/COMPLETE") for n in stored)
 
     # A fresh process with the same settings reads the artifacts back through the client.
-    read = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import json, sys; from metaflow import Run, namespace; namespace(None); "
-            "data = Run(sys.argv[1]).data; "
-            "print(json.dumps([data.metrics['mean_accuracy'], sorted(data.model)]))",
-            f"TrainFlow/{run_id}",
-        ],
+    read = run_python(
+        "-c",
+        "import json, sys; from metaflow import Run, namespace; namespace(None); "
+        "data = Run(sys.argv[1]).data; "
+        "print(json.dumps([data.metrics['mean_accuracy'], sorted(data.model)]))",
+        f"TrainFlow/{run_id}",
         cwd=cwd,
-        env=os.environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
     )
-    assert read.returncode == 0, read.stderr[-2000:]
     accuracy, model_files = json.loads(read.stdout.strip().splitlines()[-1])
     assert 0 < accuracy <= 1
     assert "model.safetensors" in model_files

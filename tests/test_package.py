@@ -2,26 +2,16 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_python
 
 LIB = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "lib").glob("*.py"))
 
 
 @pytest.mark.parametrize("flow", sorted((ROOT / "flows").glob("*_flow.py")), ids=lambda p: p.stem)
 def test_code_package_holds_every_lib_module(flow):
-    listing = subprocess.run(
-        [sys.executable, str(flow), "package", "list"],
-        cwd=ROOT,
-        env=os.environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert listing.returncode == 0, listing.stderr[-2000:]
+    listing = run_python(flow, "package", "list")
     packaged = {
         os.path.relpath(line, ROOT)
         for line in (listing.stdout + listing.stderr).splitlines()
@@ -40,13 +30,5 @@ def test_every_config_validates(config):
     validates the graph; a config with several nodes goes with the multi-node flow."""
     nodes = json.loads(config.read_text())["train"].get("num_nodes", 1)
     flow = ROOT / "flows" / ("train_multinode_flow.py" if nodes > 1 else "train_flow.py")
-    checked = subprocess.run(
-        [sys.executable, str(flow), "--config", "config", str(config), "check"],
-        cwd=ROOT,
-        env=os.environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert checked.returncode == 0, checked.stderr[-2000:]
+    checked = run_python(flow, "--config", "config", config, "check")
     assert "The graph looks good!" in checked.stdout + checked.stderr
