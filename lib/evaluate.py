@@ -19,8 +19,8 @@ from scipy.stats import rankdata
 from lib.cards import evaluation_summary, prediction_grid
 from lib.data import CachedSplit
 from lib.features import Projection, feature_frame, image_features
-from lib.model import logits_and_embedding
-from lib.preprocess import Preprocessing, to_model_input
+from lib.model import probabilities_and_embeddings
+from lib.preprocess import Preprocessing
 
 THRESHOLD_GRID = np.round(np.arange(0.01, 1.0, 0.01), 2)
 OBJECTIVES = ("accuracy", "balanced_accuracy", "f1")
@@ -154,7 +154,6 @@ class SplitPredictions:
     features: np.ndarray | None  # (N, F) lib.features.image_features, when asked for
 
 
-@torch.inference_mode()
 def predict(
     model: torch.nn.Module,
     split: CachedSplit,
@@ -164,17 +163,15 @@ def predict(
 ) -> SplitPredictions:
     """Probabilities, labels and embeddings for every image of a prepared split, and its
     drift features when `with_features` (only the test split, the reference, needs them)."""
-    device = next(model.parameters()).device
     model.eval()
     loader = torch.utils.data.DataLoader(split, batch_size=batch_size)
     probs, labels, embeddings, features = [], [], [], []
     for pixels, batch_labels in loader:
         if with_features:
             features.append(image_features(pixels.numpy()))
-        x = to_model_input(pixels.to(device), preprocessing)
-        logits, cls = logits_and_embedding(model, x)
-        probs.append(torch.sigmoid(logits.float()).cpu().numpy())
-        embeddings.append(cls.float().cpu().numpy())
+        batch_probs, batch_embeddings = probabilities_and_embeddings(model, pixels, preprocessing)
+        probs.append(batch_probs)
+        embeddings.append(batch_embeddings)
         labels.append(batch_labels.numpy().astype(np.uint8))
     return SplitPredictions(
         *map(np.concatenate, (probs, labels, embeddings)),

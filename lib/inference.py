@@ -18,13 +18,12 @@ import numpy as np
 import torch
 
 from lib.features import Projection, drift_rows, image_features
-from lib.model import device_for_inference, load_model, logits_and_embedding
+from lib.model import device_for_inference, load_model, probabilities_and_embeddings
 from lib.preprocess import (
     PREPROCESSOR_FILE,
     Preprocessing,
     decode_image,
     preprocess,
-    to_model_input,
 )
 
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -112,20 +111,20 @@ class Predictor:
         image = decode_image(data, max_pixels=max_pixels)
         return preprocess(image, self.preprocessing.image_size)
 
-    @torch.inference_mode()
     def predict(self, pixels: np.ndarray) -> Prediction:
         """(B, H, W, 3) uint8 at the model's size -> probabilities and drift values."""
-        x = to_model_input(torch.from_numpy(pixels).to(self.device), self.preprocessing)
         autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16)
             if self.precision == "bf16"
             else contextlib.nullcontext()
         )
         with autocast:
-            logits, cls = logits_and_embedding(self.model, x)
+            probs, embeddings = probabilities_and_embeddings(
+                self.model, torch.from_numpy(pixels), self.preprocessing
+            )
         return Prediction(
-            probs=torch.sigmoid(logits.float()).cpu().numpy(),
-            projected=self.projection.transform(cls.float().cpu().numpy()),
+            probs=probs,
+            projected=self.projection.transform(embeddings),
             features=image_features(pixels),
         )
 

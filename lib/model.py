@@ -10,10 +10,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import ViTConfig, ViTForImageClassification
 
-from lib.preprocess import PREPROCESSOR_FILE, Preprocessing
+from lib.preprocess import PREPROCESSOR_FILE, Preprocessing, to_model_input
 
 # Model-config keys that describe loading and inputs, not the ViT architecture.
 NOT_ARCHITECTURE = {"pretrained", "image_mean", "image_std"}
@@ -79,13 +80,17 @@ def load_model(
     return model.to(device).eval(), preprocessing
 
 
-def logits_and_embedding(
-    model: ViTForImageClassification, pixel_values: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The classifier's logits and the [CLS] vector they are computed from (what
-    ViTForImageClassification.forward does, keeping the vector for drift monitoring)."""
-    cls = model.vit(pixel_values).last_hidden_state[:, 0]
-    return model.classifier(cls), cls
+@torch.inference_mode()
+def probabilities_and_embeddings(
+    model: ViTForImageClassification, pixels: torch.Tensor, preprocessing: Preprocessing
+) -> tuple[np.ndarray, np.ndarray]:
+    """A uint8 (B, H, W, 3) batch -> sigmoid probabilities and the [CLS] vectors they are
+    computed from (what ViTForImageClassification.forward does, keeping the vector for drift
+    monitoring), as float32 arrays. Evaluation and serving both predict through this."""
+    x = to_model_input(pixels.to(next(model.parameters()).device), preprocessing)
+    cls = model.vit(x).last_hidden_state[:, 0]
+    probs = torch.sigmoid(model.classifier(cls).float())
+    return probs.cpu().numpy(), cls.float().cpu().numpy()
 
 
 def device_for_inference() -> str:
