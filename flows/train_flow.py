@@ -41,11 +41,12 @@ class TrainFlow(FlowSpec):
     def prepare_shard(self):
         """Decode one shard's images into the cache (a task per shard: locally up to
         --max-workers at once, one pod each with --with kubernetes or --with batch)."""
-        from lib.data import prepare_shard, source_root
+        from lib.data import prepare_shard, shard_source
 
         if self.input is not None:
             data = self.config.data
-            root = source_root(self.plan, self.data or data.source, data.get("synthetic"))
+            source = self.data or data.source
+            root = shard_source(self.plan, self.input, source, data.get("synthetic"))
             prepare_shard(self.plan, self.input, root)
         self.next(self.prepare_data)
 

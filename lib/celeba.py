@@ -192,14 +192,16 @@ def detect_layout(root: Path) -> str:
     return "official"
 
 
+def image_location(layout: str) -> str:
+    """Where a layout keeps its images, relative to the root: a folder, or the zip."""
+    return {"kaggle": f"{IMAGE_DIR}/{IMAGE_DIR}", "zip": IMAGE_ZIP}.get(layout, IMAGE_DIR)
+
+
 def open_images(root: Path, layout: str) -> ImageFolder | ImageZip:
     """The images of a CelebA folder in a known layout; a missing folder or zip fails at once.
     Preparation shards call it on their own machine, where the folder may live elsewhere."""
-    if layout == "kaggle":
-        return ImageFolder(_require(root / IMAGE_DIR / IMAGE_DIR, "image folder"))
-    if layout == "zip":
-        return ImageZip(_require(root / IMAGE_ZIP, "image folder"))
-    return ImageFolder(_require(root / IMAGE_DIR, "image folder"))
+    location = _require(root / image_location(layout), "image folder")
+    return ImageZip(location) if layout == "zip" else ImageFolder(location)
 
 
 def read_celeba(root: str | Path) -> CelebAIndex:

@@ -32,7 +32,15 @@ import numpy as np
 import torch
 
 from lib import synthetic
-from lib.celeba import SPLITS, CelebAIndex, ImageFolder, ImageZip, open_images, read_celeba
+from lib.celeba import (
+    SPLITS,
+    CelebAIndex,
+    ImageFolder,
+    ImageZip,
+    image_location,
+    open_images,
+    read_celeba,
+)
 from lib.preprocess import PREPROCESS_VERSION, ImageDecodeError, decode_image, preprocess
 from lib.storage import fetch_prefix, list_prefix, upload_file
 
@@ -83,13 +91,17 @@ def fingerprint(index: CelebAIndex) -> str:
     return digest.hexdigest()
 
 
+def gcs_mirror(uri: str) -> Path:
+    """The local folder that mirrors a gs:// source, under the cache root."""
+    return cache_root() / "gcs" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
 def resolve_source(data: str, synthetic_spec: dict[str, Any] | None = None) -> tuple[str, Path]:
     """Map the config's `data` to (source URI, local CelebA folder). A gs:// URI is mirrored
     under the cache root (later runs download only what changed); "synthetic" generates the
     embedded default dataset once, keyed by its spec, under the cache root."""
     if data.startswith("gs://"):
-        key = hashlib.sha256(data.encode()).hexdigest()[:16]
-        return data, fetch_prefix(data, cache_root() / "gcs" / key)
+        return data, fetch_prefix(data, gcs_mirror(data))
     if data != "synthetic":
         return str(Path(data).resolve()), Path(data)
     spec = synthetic.make_spec(**(synthetic_spec or {}))
@@ -180,10 +192,24 @@ def _present(cache_dir: str) -> set[str]:
     return set(os.listdir(folder)) if folder.is_dir() else set()
 
 
-def source_root(plan: Plan, data: str, synthetic_spec: dict[str, Any] | None = None) -> Path:
-    """This machine's copy of the source, for a shard task: the planning machine's when this is
-    it (no second listing of a bucket per shard), else mirrored or generated here."""
-    return plan.root if plan.root.exists() else resolve_source(data, synthetic_spec)[1]
+def shard_source(
+    plan: Plan, shard: int, data: str, synthetic_spec: dict[str, Any] | None = None
+) -> Path:
+    """This machine's copy of what shard `shard` reads: the planning machine's copy when this
+    is it. Elsewhere (a pod per shard), a gs:// source gives only that shard's images (a zip
+    layout, its one archive), fetched by name, and a synthetic source is generated. An image
+    the bucket lacks is left out, and the decoder counts it missing, as for a local folder."""
+    if plan.root.exists():
+        return plan.root
+    if not data.startswith("gs://"):
+        return resolve_source(data, synthetic_spec)[1]
+    start, stop = plan.shards[shard]
+    location = image_location(plan.layout)
+    names = [f"{location}/{name}" for name in plan.files[start:stop]]
+    return fetch_prefix(
+        data, gcs_mirror(data), names=[location] if plan.layout == "zip" else names,
+        missing_ok=True,
+    )  # fmt: skip
 
 
 def prepare_shard(plan: Plan, shard: int, root: Path) -> None:

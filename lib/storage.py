@@ -108,14 +108,20 @@ def split_gs_uri(uri: str) -> tuple[str, str]:
 
 
 def fetch_prefix(
-    uri: str, into: Path, workers: int = 16, retry=None, names: Collection[str] | None = None
+    uri: str,
+    into: Path,
+    workers: int = 16,
+    retry=None,
+    names: Collection[str] | None = None,
+    missing_ok: bool = False,
 ) -> Path:
-    """Mirror every object under gs://bucket/prefix, or only those `names` (relative to the
-    prefix), into a local folder: at most `workers` downloads at once, each retried with
-    exponential backoff on transient errors (429, 5xx, connection resets: google-cloud-storage's
-    DEFAULT_RETRY unless `retry` is given). Files already there with the object's size are
-    kept, so a second fetch only lists. A missing bucket, prefix or named object, or a refused
-    permission, fails naming the URI."""
+    """Mirror every object under gs://bucket/prefix into a local folder, or only the objects
+    `names` (relative to the prefix), fetched by name without listing the prefix: at most
+    `workers` downloads at once, each retried with exponential backoff on transient errors
+    (429, 5xx, connection resets: google-cloud-storage's DEFAULT_RETRY unless `retry` is
+    given). Files already there (with the object's size, when listed) are kept, so a second
+    fetch downloads nothing new. A missing bucket, an empty prefix, a missing named object
+    (unless `missing_ok`) or a refused permission fails naming the URI."""
     from concurrent.futures import ThreadPoolExecutor
 
     from google.api_core import exceptions
@@ -123,18 +129,18 @@ def fetch_prefix(
     retry = retry or _default_retry()
     bucket_name, prefix = split_gs_uri(uri)
     start = f"{prefix}/" if prefix else ""
-    blobs = _list_blobs(uri, retry)
-    if not blobs:
-        raise FileNotFoundError(f"no objects under {uri}")
-    if names is not None:
-        blobs = [b for b in blobs if b.name[len(start) :] in names]
-        absent = set(names) - {b.name[len(start) :] for b in blobs}
-        if absent:
-            raise FileNotFoundError(f"not found under {uri}: {sorted(absent)}")
+    if names is None:
+        blobs = _list_blobs(uri, retry)
+        if not blobs:
+            raise FileNotFoundError(f"no objects under {uri}")
+    else:
+        bucket = _storage_client().bucket(bucket_name)
+        blobs = [bucket.blob(start + name) for name in names]
+    absent = []
 
     def download(blob) -> None:
         target = into / blob.name[len(start) :]
-        if target.exists() and target.stat().st_size == blob.size:
+        if target.exists() and blob.size in (None, target.stat().st_size):
             return
         target.parent.mkdir(parents=True, exist_ok=True)
         # Per process: training ranks on one machine may fetch the same shard at once.
@@ -142,9 +148,9 @@ def fetch_prefix(
         try:
             blob.download_to_filename(partial, retry=retry)
         except exceptions.NotFound:
-            raise FileNotFoundError(
-                f"object vanished while fetching: gs://{bucket_name}/{blob.name}"
-            ) from None
+            partial.unlink(missing_ok=True)
+            absent.append(blob.name[len(start) :])
+            return
         except exceptions.Forbidden as error:
             raise PermissionError(
                 f"not allowed to read gs://{bucket_name}/{blob.name}: {error.message}"
@@ -153,6 +159,8 @@ def fetch_prefix(
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(download, blobs))
+    if absent and not missing_ok:
+        raise FileNotFoundError(f"not found under {uri}: {sorted(absent)}")
     return into
 
 

@@ -18,7 +18,7 @@ from lib.data import (
     prepare,
     prepare_shard,
     resolve_source,
-    source_root,
+    shard_source,
 )
 from lib.preprocess import Preprocessing, decode_image, preprocess, to_model_input
 
@@ -246,7 +246,7 @@ def test_shards_decoded_elsewhere_without_a_shared_cache_fail_clearly(small):
 
 def test_a_shard_reads_the_planners_copy_of_the_source_or_makes_its_own(small, tmp_path):
     work = plan("test://small", small, image_size=16)
-    assert source_root(work, "not needed here") == small
+    assert shard_source(work, 0, "not needed here") == small
     elsewhere = dataclasses.replace(work, root=tmp_path / "on-the-planning-machine-only")
     spec = {"n": 12, "seed": 5}
-    assert source_root(elsewhere, "synthetic", spec) == resolve_source("synthetic", spec)[1]
+    assert shard_source(elsewhere, 0, "synthetic", spec) == resolve_source("synthetic", spec)[1]

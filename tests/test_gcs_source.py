@@ -1,6 +1,8 @@
 """A CelebA folder in a gs:// bucket, against gcp-storage-emulator on 127.0.0.1."""
 
+import dataclasses
 import http.client
+import json
 import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,14 +14,17 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 
 import lib.data
 from lib import synthetic
+from lib.celeba import image_location
 from lib.data import (
     CachedSplit,
     PreparedImages,
     finish,
+    local_folder,
     plan,
     prepare,
     prepare_shard,
     resolve_source,
+    shard_source,
 )
 from lib.storage import _storage_client, fetch_prefix, list_prefix
 
@@ -179,3 +184,23 @@ def test_a_dataset_prepared_in_a_gs_cache_is_not_decoded_again(gcs, tmp_path, mo
     monkeypatch.setattr(lib.data, "_decode_one", lambda *args: pytest.fail("decoded again"))
     second = prepare("x", root, image_size=16, shard_size=5)
     assert second["cache_reused"] is True and second["cache_dir"] == first["cache_dir"]
+
+
+@pytest.mark.parametrize("layout", ["official", "kaggle"])
+def test_a_shard_task_elsewhere_fetches_only_its_own_images(gcs, tmp_path, monkeypatch, layout):
+    """A pod per shard reads a gs:// source: it downloads its shard's images, not the
+    dataset, and an image the bucket lacks is counted missing as in a local folder."""
+    spec = synthetic.make_spec(30, seed=8)
+    upload(synthetic.generate(tmp_path / "celeba", spec, layout=layout), "facet", "celeba")
+    work = plan(*resolve_source("gs://facet/celeba"), image_size=16, shard_size=10)
+    lost = work.files[12]
+    _storage_client().bucket("facet").blob(f"celeba/{image_location(layout)}/{lost}").delete()
+
+    on_machine(monkeypatch, tmp_path / "shard-pod")
+    elsewhere = dataclasses.replace(work, root=tmp_path / "on-the-planning-pod-only")
+    copy = shard_source(elsewhere, 1, "gs://facet/celeba")
+    fetched = sorted(p.name for p in (copy / image_location(layout)).iterdir())
+    assert fetched == sorted(set(work.files[10:20]) - {lost})
+    prepare_shard(elsewhere, 1, copy)
+    bad = json.loads((local_folder(work.cache_dir) / "shard-0000010-0000020.json").read_text())
+    assert bad == [[2, "missing"]]
