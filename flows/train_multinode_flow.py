@@ -41,10 +41,13 @@ class TrainMultiNodeFlow(TrainFlow):
     @step
     def train(self):
         """One node of the job; the node holding global rank 0 stores the model."""
+        import zlib
+
         from lib.distributed import node_of
 
-        # A port per run, so that runs sharing a machine (local tests) do not collide.
-        port = 20000 + int(current.run_id) % 10000
+        # A port per run (the same on every node), so that runs sharing a machine do not
+        # collide; run ids are not always numbers (Argo's are names).
+        port = 20000 + zlib.crc32(current.run_id.encode()) % 10000
         nodes = current.parallel
         self.train_model(launch=node_of(nodes.num_nodes, nodes.node_index, nodes.main_ip, port))
         self.next(self.gather_model)
