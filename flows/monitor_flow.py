@@ -20,7 +20,9 @@ class MonitorFlow(FlowSpec):
 
     # Read when the run starts, not when the flow is deployed: a scheduled run follows the
     # champion and the environment of the machine it runs on.
-    model = Parameter("model-run", default="", help="TrainFlow run; default: the champion")
+    model = Parameter(
+        "model-run", default="", help="a TrainFlow or TrainMultiNodeFlow run; default: the champion"
+    )
     log = Parameter("log", default="", help="prediction log; default: serving's PREDICTION_LOG")
     window_hours = Parameter(
         "window-hours",

@@ -82,7 +82,7 @@ def successful_runs(model_run: str | None = None) -> Iterator[Run]:
 
 
 def resolve_model_run(model_run: str = "") -> str:
-    """The given TrainFlow run, checked to exist, or the current champion."""
+    """The given training run, checked to exist, or the current champion."""
     from lib.registry import champion_pathspec
 
     namespace(None)
