@@ -100,8 +100,9 @@ def export_trained(run: str | None, out: Path) -> tuple[str, Path]:
         champion = current_champion()
         if champion is None:
             sys.exit(
-                "serve_bench: no TrainFlow run is tagged champion. Train one first with "
-                "`make run` (python flows/train_flow.py run), or pass --model-run TrainFlow/<id>."
+                "serve_bench: no TrainFlow or TrainMultiNodeFlow run is tagged champion. Train "
+                "one first with `make run` (python flows/train_flow.py run), or pass "
+                "--model-run TrainFlow/<id>."
             )
         run = champion.pathspec
     try:

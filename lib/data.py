@@ -203,13 +203,13 @@ def shard_source(
         return plan.root
     if not data.startswith("gs://"):
         return resolve_source(data, synthetic_spec)[1]
-    start, stop = plan.shards[shard]
     location = image_location(plan.layout)
-    names = [f"{location}/{name}" for name in plan.files[start:stop]]
-    return fetch_prefix(
-        data, gcs_mirror(data), names=[location] if plan.layout == "zip" else names,
-        missing_ok=True,
-    )  # fmt: skip
+    if plan.layout == "zip":
+        names = [location]
+    else:
+        start, stop = plan.shards[shard]
+        names = [f"{location}/{name}" for name in plan.files[start:stop]]
+    return fetch_prefix(data, gcs_mirror(data), names=names, missing_ok=True)
 
 
 def prepare_shard(plan: Plan, shard: int, root: Path) -> None:
