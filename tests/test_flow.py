@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 import torch
-from conftest import run_flow
+from helpers import run_flow
 from metaflow.cards import get_cards
 from transformers import AutoModelForImageClassification
 

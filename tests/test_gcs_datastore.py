@@ -7,7 +7,7 @@ provides such a client."""
 import json
 import os
 
-from conftest import FLOW, ROOT, run_python
+from helpers import FLOW, ROOT, run_python
 from metaflow import Runner
 
 from lib.storage import _storage_client

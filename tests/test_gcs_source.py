@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
-from conftest import free_port
 from google.cloud.storage.retry import DEFAULT_RETRY
+from helpers import free_port
 
 import lib.data
 from lib import synthetic

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, free_port
+from helpers import ROOT, free_port
 
 from lib import synthetic
 from lib.predlog import PredictionLog

@@ -4,7 +4,7 @@ are drawn, and stay at chance on those that are not."""
 
 
 def test_a_short_run_learns_what_is_drawn_and_nothing_else(learned_run):
-    metrics = learned_run.data.metrics  # conftest.learning_config(): ~30 s on 2 cores
+    metrics = learned_run.data.metrics  # helpers.learning_config(): ~30 s on 2 cores
     assert metrics["beats_baseline"]
     assert metrics["mean_accuracy"] > metrics["majority_baseline_accuracy"] + 0.01
     assert metrics["mean_balanced_accuracy_drawn"] > 0.62

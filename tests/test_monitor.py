@@ -8,7 +8,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-from conftest import run_monitor
+from helpers import run_monitor
 from metaflow.cards import get_cards
 from test_flow import card_text
 

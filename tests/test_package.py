@@ -4,7 +4,7 @@ import json
 import os
 
 import pytest
-from conftest import ROOT, run_python
+from helpers import ROOT, run_python
 
 LIB = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "lib").glob("*.py"))
 

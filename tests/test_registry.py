@@ -1,6 +1,6 @@
 """The champion tag: earned by beating the baseline and the newest champion on the same data."""
 
-from conftest import run_flow
+from helpers import run_flow
 from metaflow import Run
 
 from lib.registry import CHAMPION, current_champion, promote_if_better

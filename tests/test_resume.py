@@ -1,7 +1,7 @@
 """Training survives kills, retries and `resume --origin-run-id` without redoing finished work."""
 
 import pytest
-from conftest import resume_flow, run_flow
+from helpers import resume_flow, run_flow
 from safetensors.torch import load
 
 from lib.faults import ENV, InjectedFault, inject

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
-from conftest import MULTINODE_FLOW, SMOKE, run_flow
+from helpers import MULTINODE_FLOW, SMOKE, run_flow
 
 from lib import synthetic
 from lib.data import CachedSplit, prepare
@@ -88,8 +88,10 @@ def test_two_nodes_train_like_two_processes_on_one(smoke_config, monkeypatch):
     weights = [
         load_model(run["evaluate"].task.data.model)[0].state_dict() for run in (one_node, two_nodes)
     ]
+    # The same job, but a lone process per node may use more torch threads than two ranks
+    # sharing a machine: reductions may be ordered differently, so not bitwise.
     for name, weight in weights[0].items():
-        assert torch.allclose(weight, weights[1][name], atol=1e-6), name
+        assert torch.allclose(weight, weights[1][name], atol=1e-5), name
 
     # Champions of both flows compete on the same data, and serving finds either.
     metrics = {**one_node.data.metrics, "beats_baseline": True}

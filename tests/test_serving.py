@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import PROBABILITY_ATOL, assert_same_probabilities
 from PIL import Image
 
 from lib import synthetic
@@ -65,7 +66,9 @@ def test_predict_answers_every_image_in_order_and_logs_each(app, client, faces, 
     first, second, again = body["predictions"]
     attributes = smoke_run.data.dataset["attributes"]
     assert list(first["attributes"]) == attributes
-    assert first == again and first != second
+    # The same image at positions 0 and 2: equal to float32's batch-order noise, not bitwise.
+    assert_same_probabilities(first["attributes"], again["attributes"])
+    assert max(abs(first["attributes"][a] - second["attributes"][a]) for a in attributes) > 0.01
     thresholds = smoke_run.data.thresholds
     assert first["present"] == [a for a in attributes if first["attributes"][a] >= thresholds[a]]
 
@@ -98,7 +101,8 @@ def test_serving_predicts_exactly_what_evaluation_computed(smoke_run, client, fa
     served = post_images(client, *faces[:4]).get_json()["predictions"]
     attributes = smoke_run.data.dataset["attributes"]
     for row, prediction in zip(direct[:4], served, strict=True):
-        assert np.allclose(row, [prediction["attributes"][a] for a in attributes], atol=1e-6)
+        served_row = [prediction["attributes"][a] for a in attributes]
+        np.testing.assert_allclose(row, served_row, atol=PROBABILITY_ATOL, rtol=0)
 
 
 def test_unusual_but_valid_images_are_converted_and_answered(client, faces):
@@ -231,7 +235,7 @@ def test_an_exported_folder_serves_the_same_predictions(smoke_run, client, tmp_p
     exported = make_app(tmp_path / "other", MODEL_DIR=str(folder)).test_client()
     ours = post_images(client, faces[0]).get_json()
     theirs = post_images(exported, faces[0]).get_json()
-    assert ours["predictions"] == theirs["predictions"]
+    assert ours["predictions"] == theirs["predictions"]  # one image, one process: bitwise
     assert theirs["model"] == smoke_run.pathspec  # its log rows meet the run's reference
     assert json.loads((folder / "facet.json").read_text())["run"] == smoke_run.pathspec
 

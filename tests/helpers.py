@@ -1,0 +1,133 @@
+"""What the tests share besides fixtures: paths, the flow launchers and the tolerances."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Metaflow reads its settings once, at import: a user name must exist before that.
+os.environ.setdefault("METAFLOW_USER", "tests")
+from metaflow import Run, Runner
+from metaflow.plugins.datastores.local_storage import LocalStorage
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOW = ROOT / "flows" / "train_flow.py"
+MULTINODE_FLOW = ROOT / "flows" / "train_multinode_flow.py"
+MONITOR_FLOW = ROOT / "flows" / "monitor_flow.py"
+SMOKE = ROOT / "flows" / "configs" / "smoke.json"
+
+# Model outputs computed in different batches, batch positions or thread counts differ in the
+# last bits of float32: matrix kernels reduce in an order that depends on the CPU (AVX2 kernels
+# order a batch's rows differently from AVX-512 ones). Seen: 6e-8 between batch positions on an
+# AMD EPYC. Probabilities from different computations agree to this; bitwise equality is kept
+# for identical computations only (uint8 pixels, the same call twice).
+PROBABILITY_ATOL = 1e-5
+
+
+def assert_same_probabilities(a: dict[str, float], b: dict[str, float]) -> None:
+    """Two answers' `attributes` (name -> probability) name the same attributes in the same
+    order, with probabilities equal to PROBABILITY_ATOL."""
+    assert list(a) == list(b)
+    np.testing.assert_allclose(list(a.values()), list(b.values()), atol=PROBABILITY_ATOL, rtol=0)
+
+
+def use_home(monkeypatch: pytest.MonkeyPatch, home: Path) -> Path:
+    """Point Metaflow's datastore, the data cache and W&B at folders under `home`."""
+    datastore = home / "datastore"
+    datastore.mkdir(exist_ok=True)
+    monkeypatch.setenv("METAFLOW_DATASTORE_SYSROOT_LOCAL", str(datastore))
+    monkeypatch.setenv("FACET_CACHE", str(home / "cache"))
+    monkeypatch.setenv("WANDB_DIR", str(home))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    # Metaflow read the sysroot at import: point this process's client there too.
+    monkeypatch.setattr(LocalStorage, "SYSROOT_VAR", str(datastore))
+    monkeypatch.setattr(LocalStorage, "datastore_root", None)
+    return home
+
+
+def smoke_config() -> dict:
+    return json.loads(SMOKE.read_text())
+
+
+def learning_config() -> dict:
+    """The smoke run made long enough (~30 s on 2 cores) to learn the drawn attributes."""
+    smoke = smoke_config()
+    return {
+        **smoke,
+        # One shard: the smoke config's small shards are there to test the fan-out.
+        "data": {**smoke["data"], "synthetic": {"n": 3000, "seed": 1}, "shard_size": 5000},
+        "model": {
+            "image_size": 32,
+            "patch_size": 4,
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 128,
+        },
+        "train": {
+            **smoke["train"],
+            "epochs": 10,
+            "batch_size": 64,
+            "learning_rate": 0.003,
+            "gradient_accumulation_steps": 1,
+            "max_shift": 1,
+            "num_workers": 0,
+            "log_every": 20,
+            "checkpoint_every": 10_000,
+            "wandb": False,
+        },
+        "require_beats_baseline": True,
+    }
+
+
+def run_python(*args, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """This interpreter with `args` in a fresh process (this test's environment); it must
+    succeed."""
+    done = subprocess.run(
+        [sys.executable, *map(str, args)],
+        cwd=cwd,
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def run_flow(config: dict, expect: str = "successful", flow: Path = FLOW, **parameters) -> Run:
+    """Run TrainFlow (or `flow`) as a user would and check how it ended: Runner does not
+    raise."""
+    return _launch(flow, "run", [("config", config)], expect, **parameters)
+
+
+def resume_flow(origin: Run, expect: str = "successful") -> Run:
+    """`resume --origin-run-id`: Metaflow reuses the origin's config and refuses a new one."""
+    return _launch(FLOW, "resume", None, expect, origin_run_id=origin.id)
+
+
+def run_monitor(expect: str = "successful", **parameters) -> Run:
+    """Run MonitorFlow as a user would (model_run=, log=, window_hours=, min_rows=)."""
+    return _launch(MONITOR_FLOW, "run", None, expect, **parameters)
+
+
+def _launch(flow: Path, command: str, config_value, expect: str, **options) -> Run:
+    # Cards are written under the working directory's .metaflow, whatever the sysroot says:
+    # run from the datastore folder so that they land where the client reads them.
+    cwd = os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"]
+    settings = {"config_value": config_value} if config_value else {}
+    with Runner(str(flow), show_output=False, cwd=cwd, **settings) as runner:
+        result = getattr(runner, command)(**options)
+        assert result.status == expect, result.stderr[-3000:]
+        return result.run
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
