@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from lib import celeba
 
 WIDTH, HEIGHT = 178, 218
+Colour = tuple[int, int, int]
 
 # The 40 attributes in official order, with their positive share over all 202,599 CelebA images.
 CELEBA_RATES: dict[str, float] = {
@@ -167,19 +168,51 @@ def sample_labels(rng: np.random.Generator, rates: dict[str, float]) -> dict[str
     return labels
 
 
-def _jitter(rng: np.random.Generator, colour: tuple[int, int, int], amount: int = 15) -> tuple:
+def _jitter(rng: np.random.Generator, colour: Colour, amount: int = 15) -> Colour:
     return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in colour)
 
 
-def render_face(rng: np.random.Generator, labels: dict[str, int], shifts: dict[str, float]):
-    """Paint one 178x218 face whose visible cues follow `labels`."""
+@dataclass(frozen=True)
+class Face:
+    """One face to paint: its labels, where it sits and its colours. Every part is drawn
+    relative to the centre (cx, cy) and the half-width."""
+
+    labels: dict[str, int]
+    cx: int
+    cy: int
+    half_width: int
+    skin: Colour
+    hair: Colour | None  # None when bald
+
+
+def render_face(
+    rng: np.random.Generator, labels: dict[str, int], shifts: dict[str, float]
+) -> Image.Image:
+    """Paint one 178x218 face whose visible cues follow `labels`, back to front. The order of
+    the parts is the order of their random draws: changing it changes every image."""
     background = tuple(int(v) for v in rng.integers(40, 220, 3))
     image = Image.new("RGB", (WIDTH, HEIGHT), background)
     draw = ImageDraw.Draw(image)
+    face = place_face(rng, labels)
+    draw_torso(draw, rng, face)
+    draw_head(draw, rng, face)
+    draw_hat(draw, rng, face)
+    draw_eyes(draw, rng, face)
+    draw_nose(draw, face)
+    draw_cheeks(draw, face)
+    draw_facial_hair(draw, rng, face)
+    draw_mouth(draw, face)
+    draw_earrings(draw, rng, face)
+    if labels["Blurry"]:
+        image = image.filter(ImageFilter.GaussianBlur(5))
+    return apply_shifts(image, shifts, rng)
+
+
+def place_face(rng: np.random.Generator, labels: dict[str, int]) -> Face:
+    """Pick at random where the face sits, its size, its skin and its hair colour."""
     cx = WIDTH // 2 + int(rng.integers(-6, 7))
     cy = 112 + int(rng.integers(-5, 6))
-    face_w = int(rng.integers(36, 44))
-
+    half_width = int(rng.integers(36, 44))
     if labels["Pale_Skin"]:
         skin = _jitter(rng, (246, 236, 228), 6)
     else:
@@ -189,12 +222,16 @@ def render_face(rng: np.random.Generator, labels: dict[str, int], shifts: dict[s
     if not labels["Bald"]:
         colours = [HAIR_COLOURS[c] for c in HAIR_COLOURS if labels[c]]
         hair = _jitter(rng, colours[0] if colours else OTHER_HAIR[rng.integers(len(OTHER_HAIR))])
+    return Face(labels, cx, cy, half_width, skin, hair)
 
-    # Torso, neck and necktie sit inside the central square the model sees (rows 20-198).
+
+def draw_torso(draw: ImageDraw.ImageDraw, rng: np.random.Generator, face: Face) -> None:
+    """Shoulders, neck and necktie, inside the central square the model sees (rows 20-198)."""
+    cx, cy = face.cx, face.cy
     shirt = _jitter(rng, (120, 120, 130), 40)
     draw.ellipse([cx - 70, cy + 62, cx + 70, cy + 150], fill=shirt)
-    draw.rectangle([cx - 15, cy + 40, cx + 15, cy + 72], fill=skin)
-    if labels["Wearing_Necktie"]:
+    draw.rectangle([cx - 15, cy + 40, cx + 15, cy + 72], fill=face.skin)
+    if face.labels["Wearing_Necktie"]:
         tie = SATURATED[rng.integers(len(SATURATED))]
         draw.polygon(
             [(cx - 11, cy + 56), (cx + 11, cy + 56), (cx + 16, cy + 78), (cx - 16, cy + 78)],
@@ -202,63 +239,84 @@ def render_face(rng: np.random.Generator, labels: dict[str, int], shifts: dict[s
         )
         draw.polygon([(cx - 16, cy + 76), (cx + 16, cy + 76), (cx, cy + 86)], fill=tie)
 
+
+def draw_head(draw: ImageDraw.ImageDraw, rng: np.random.Generator, face: Face) -> None:
+    """Hair behind the head, ears, the face, then the hairline and bangs or a bald shine."""
+    cx, cy, w, hair = face.cx, face.cy, face.half_width, face.hair
     if hair is not None:  # hair mass behind the head, visible at the sides
-        draw.ellipse([cx - face_w - 14, cy - 62, cx + face_w + 14, cy + 38], fill=hair)
-    draw.ellipse([cx - face_w - 6, cy - 14, cx - face_w + 6, cy + 14], fill=skin)  # ears
-    draw.ellipse([cx + face_w - 6, cy - 14, cx + face_w + 6, cy + 14], fill=skin)
-    draw.ellipse([cx - face_w, cy - 55, cx + face_w, cy + 52], fill=skin)
-    if labels["Bald"]:  # a shine on the bare scalp
+        draw.ellipse([cx - w - 14, cy - 62, cx + w + 14, cy + 38], fill=hair)
+    draw.ellipse([cx - w - 6, cy - 14, cx - w + 6, cy + 14], fill=face.skin)  # ears
+    draw.ellipse([cx + w - 6, cy - 14, cx + w + 6, cy + 14], fill=face.skin)
+    draw.ellipse([cx - w, cy - 55, cx + w, cy + 52], fill=face.skin)
+    if face.labels["Bald"]:  # a shine on the bare scalp
         draw.ellipse([cx - 14, cy - 50, cx + 6, cy - 40], fill=_jitter(rng, (250, 250, 245), 4))
     if hair is not None:
-        draw.chord([cx - face_w - 2, cy - 62, cx + face_w + 2, cy - 20], 180, 360, fill=hair)
-    if labels["Bangs"]:
-        draw.rectangle([cx - face_w + 4, cy - 44, cx + face_w - 4, cy - 26], fill=hair)
-    if labels["Wearing_Hat"]:
-        hat = SATURATED[rng.integers(len(SATURATED))]
-        draw.rectangle([cx - face_w - 4, cy - 92, cx + face_w + 4, cy - 48], fill=hat)
-        draw.rectangle([cx - face_w - 22, cy - 52, cx + face_w + 22, cy - 42], fill=hat)
+        draw.chord([cx - w - 2, cy - 62, cx + w + 2, cy - 20], 180, 360, fill=hair)
+    if face.labels["Bangs"]:
+        draw.rectangle([cx - w + 4, cy - 44, cx + w - 4, cy - 26], fill=hair)
 
-    eye_y, eye_dx = cy - 12, 17
-    if labels["Heavy_Makeup"]:
+
+def draw_hat(draw: ImageDraw.ImageDraw, rng: np.random.Generator, face: Face) -> None:
+    if face.labels["Wearing_Hat"]:
+        cx, cy, w = face.cx, face.cy, face.half_width
+        hat = SATURATED[rng.integers(len(SATURATED))]
+        draw.rectangle([cx - w - 4, cy - 92, cx + w + 4, cy - 48], fill=hat)
+        draw.rectangle([cx - w - 22, cy - 52, cx + w + 22, cy - 42], fill=hat)
+
+
+def draw_eyes(draw: ImageDraw.ImageDraw, rng: np.random.Generator, face: Face) -> None:
+    """Eye shadow under Heavy_Makeup, the eyes and brows, and glasses over them."""
+    eye_y = face.cy - 12
+    centres = [face.cx - 17, face.cx + 17]
+    if face.labels["Heavy_Makeup"]:
         shadow = _jitter(rng, (110, 40, 150), 25)
-        for side in (-1, 1):
-            draw.ellipse(
-                [cx + side * eye_dx - 13, eye_y - 15, cx + side * eye_dx + 13, eye_y + 2],
-                fill=shadow,
-            )
-    for side in (-1, 1):
-        ex = cx + side * eye_dx
+        for ex in centres:
+            draw.ellipse([ex - 13, eye_y - 15, ex + 13, eye_y + 2], fill=shadow)
+    for ex in centres:
         draw.ellipse([ex - 8, eye_y - 4, ex + 8, eye_y + 4], fill=(245, 245, 245))
         draw.ellipse([ex - 3, eye_y - 3, ex + 3, eye_y + 3], fill=(30, 30, 40))
         draw.line([ex - 9, eye_y - 12, ex + 9, eye_y - 12], fill=(60, 45, 35), width=3)
-    if labels["Eyeglasses"]:
-        for side in (-1, 1):
-            ex = cx + side * eye_dx
+    if face.labels["Eyeglasses"]:
+        for ex in centres:
             draw.rectangle(
                 [ex - 14, eye_y - 10, ex + 14, eye_y + 10], outline=(10, 10, 10), width=5
             )
-        draw.line([cx - 4, eye_y - 2, cx + 4, eye_y - 2], fill=(10, 10, 10), width=5)
-    draw.line([cx, cy - 2, cx - 4, cy + 12], fill=tuple(int(c * 0.75) for c in skin), width=3)
+        draw.line([face.cx - 4, eye_y - 2, face.cx + 4, eye_y - 2], fill=(10, 10, 10), width=5)
 
-    if labels["Rosy_Cheeks"]:
+
+def draw_nose(draw: ImageDraw.ImageDraw, face: Face) -> None:
+    cx, cy = face.cx, face.cy
+    draw.line([cx, cy - 2, cx - 4, cy + 12], fill=_shade(face.skin, 0.75), width=3)
+
+
+def draw_cheeks(draw: ImageDraw.ImageDraw, face: Face) -> None:
+    if face.labels["Rosy_Cheeks"]:
         for side in (-1, 1):
-            draw.ellipse(
-                [cx + side * 26 - 10, cy + 8, cx + side * 26 + 10, cy + 26], fill=(235, 80, 100)
-            )
-    dark = _jitter(rng, (40, 28, 20), 10)
-    beard = not labels["No_Beard"]
-    if beard and not labels["Goatee"]:  # a full beard along the jaw
-        draw.chord([cx - face_w, cy - 10, cx + face_w, cy + 52], 20, 160, fill=dark)
+            x = face.cx + side * 26
+            draw.ellipse([x - 10, face.cy + 8, x + 10, face.cy + 26], fill=(235, 80, 100))
+
+
+def draw_facial_hair(draw: ImageDraw.ImageDraw, rng: np.random.Generator, face: Face) -> None:
+    """A full beard along the jaw unless it is a goatee, and a mustache."""
+    cx, cy, w, labels = face.cx, face.cy, face.half_width, face.labels
+    dark = _jitter(rng, (40, 28, 20), 10)  # drawn for every face, bearded or not
+    if not labels["No_Beard"] and not labels["Goatee"]:
+        draw.chord([cx - w, cy - 10, cx + w, cy + 52], 20, 160, fill=dark)
     if labels["Goatee"]:
         draw.rectangle([cx - 14, cy + 38, cx + 14, cy + 56], fill=dark)
     if labels["Mustache"]:
         draw.rectangle([cx - 22, cy + 12, cx + 22, cy + 22], fill=dark)
 
-    lips = (215, 15, 45) if labels["Wearing_Lipstick"] else tuple(int(c * 0.55) for c in skin)
+
+def draw_mouth(draw: ImageDraw.ImageDraw, face: Face) -> None:
+    """Open, smiling, both (a grin with teeth) or neither; red lips under Wearing_Lipstick."""
+    cx, cy, labels = face.cx, face.cy, face.labels
+    lips = (215, 15, 45) if labels["Wearing_Lipstick"] else _shade(face.skin, 0.55)
     inside = (35, 10, 15)
     if labels["Mouth_Slightly_Open"] and labels["Smiling"]:  # a wide D with a row of teeth
-        grin = [cx - 24, cy + 8, cx + 24, cy + 48]
-        draw.pieslice(grin, 0, 180, fill=inside, outline=lips, width=5)
+        draw.pieslice(
+            [cx - 24, cy + 8, cx + 24, cy + 48], 0, 180, fill=inside, outline=lips, width=5
+        )
         draw.rectangle([cx - 17, cy + 28, cx + 17, cy + 34], fill=(250, 250, 250))
     elif labels["Mouth_Slightly_Open"]:  # a round O
         draw.ellipse([cx - 12, cy + 22, cx + 12, cy + 46], fill=inside, outline=lips, width=5)
@@ -267,18 +325,22 @@ def render_face(rng: np.random.Generator, labels: dict[str, int], shifts: dict[s
     else:
         draw.line([cx - 16, cy + 32, cx + 16, cy + 32], fill=lips, width=8)
 
-    if labels["Wearing_Earrings"]:
+
+def draw_earrings(draw: ImageDraw.ImageDraw, rng: np.random.Generator, face: Face) -> None:
+    if face.labels["Wearing_Earrings"]:
         gold = _jitter(rng, (255, 210, 0), 10)
         for side in (-1, 1):
-            ex = cx + side * (face_w + 2)
-            draw.ellipse([ex - 7, cy + 12, ex + 7, cy + 26], fill=gold)
-
-    if labels["Blurry"]:
-        image = image.filter(ImageFilter.GaussianBlur(5))
-    return apply_shifts(image, shifts, rng)
+            x = face.cx + side * (face.half_width + 2)
+            draw.ellipse([x - 7, face.cy + 12, x + 7, face.cy + 26], fill=gold)
 
 
-def apply_shifts(image: Image.Image, shifts: dict[str, float], rng: np.random.Generator):
+def _shade(colour: Colour, factor: float) -> Colour:
+    return tuple(int(c * factor) for c in colour)
+
+
+def apply_shifts(
+    image: Image.Image, shifts: dict[str, float], rng: np.random.Generator
+) -> Image.Image:
     """Distribution shifts for monitoring demos: brightness and contrast are relative changes
     (0.3 = 30% brighter), blur is a Gaussian radius in pixels, noise a std in 0-255 units."""
     if shifts.get("blur"):
