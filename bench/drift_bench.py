@@ -7,7 +7,7 @@ In a datastore of its own (never yours: a MonitorFlow run there would move your 
 against the newest champion TrainFlow run there, trained first if there is none:
 1. False alarms: --windows windows of --window-size in-distribution synthetic faces, from seeds
    the training set did not use, each predicted and logged as serving does (lib.inference,
-   lib.predlog), then tested against the run's reference by lib.monitor.detect_drift, the
+   lib.predlog), then tested against the run's reference by lib.drift.detect_drift, the
    function MonitorFlow's detect step calls. Prints how many windows raised drift.
 2. Time: a log of --rows rows (the windows' rows drawn again at random) and
    `MonitorFlow run` over all of it; prints the run's wall time, and reading plus testing
@@ -93,7 +93,8 @@ def log_windows(model_run: str, folder: Path, n_windows: int, size: int) -> list
 
 
 def false_alarms(model_run: str, logs: list[Path]) -> None:
-    from lib.monitor import detect_drift, load_reference, read_window
+    from lib.drift import detect_drift
+    from lib.monitor import load_reference, read_window
 
     reference, alarms, smallest_p, largest_distance = load_reference(model_run), 0, 1.0, 0.0
     for log in logs:
@@ -117,7 +118,8 @@ def large_window(
 ) -> None:
     from metaflow import Runner
 
-    from lib.monitor import detect_drift, load_reference, read_window
+    from lib.drift import detect_drift
+    from lib.monitor import load_reference, read_window
     from lib.predlog import PredictionLog
 
     logged = pd.concat([PredictionLog(log).read() for log in logs], ignore_index=True)

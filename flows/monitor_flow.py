@@ -6,7 +6,9 @@
 
 `start` picks the model and the window, `detect` runs evidently on the window of the
 prediction log against the model's reference and makes the card, `end` tags the run `drift`
-and POSTs to ALERT_WEBHOOK_URL when it found drift. The logic lives in lib/monitor.py.
+and POSTs to ALERT_WEBHOOK_URL when it found drift. The logic lives in lib/: monitor (the
+model, the window, the rows and the reference), drift (the tests), cards (the card) and
+alerts (the tag and the webhook).
 """
 
 from metaflow import FlowSpec, Parameter, card, current, schedule, step
@@ -33,10 +35,11 @@ class MonitorFlow(FlowSpec):
 
     @step
     def start(self):
-        from lib.monitor import choose_window, resolve_model_run
+        from lib.monitor import choose_window
         from lib.predlog import default_path
+        from lib.registry import resolve_model_run
 
-        self.model_run = resolve_model_run(self.model)
+        self.model_run = resolve_model_run(self.model, "pass --model-run")
         self.log_path = self.log or default_path()
         self.window = choose_window(self.model_run, self.window_hours)
         self.next(self.detect)
@@ -44,7 +47,9 @@ class MonitorFlow(FlowSpec):
     @card(type="blank")
     @step
     def detect(self):
-        from lib.monitor import detect_drift, drift_card, load_reference, read_window
+        from lib.cards import drift_card
+        from lib.drift import detect_drift
+        from lib.monitor import load_reference, read_window
 
         rows = read_window(self.log_path, self.model_run, self.window)
         reference = load_reference(self.model_run)
@@ -55,7 +60,7 @@ class MonitorFlow(FlowSpec):
 
     @step
     def end(self):
-        from lib.monitor import raise_alarm
+        from lib.alerts import raise_alarm
 
         if self.drift["drift_detected"]:
             raise_alarm(f"{current.flow_name}/{current.run_id}", self.model_run, self.drift)

@@ -1,7 +1,10 @@
-"""Metaflow card contents, built here so the flow's steps stay a few lines long."""
+"""Metaflow card contents for every flow, built here so the steps stay a few lines long:
+TrainFlow's (dataset, live training, evaluation) and MonitorFlow's (drift)."""
 
 from __future__ import annotations
 
+import html
+import math
 import time
 from typing import Any
 
@@ -9,20 +12,27 @@ import numpy as np
 from metaflow.cards import Image, Markdown, ProgressBar, Table, VegaChart
 from PIL import Image as PILImage
 
+from lib.drift import INSUFFICIENT, describe_window, drifted_columns
+
+
+def _vega_lite(title: str, width: int, height: int, **spec: Any) -> dict[str, Any]:
+    """A Vega-Lite chart for VegaChart: `spec` holds its data, marks and encodings."""
+    schema = "https://vega.github.io/schema/vega-lite/v5.json"
+    return {"$schema": schema, "title": title, "width": width, "height": height, **spec}
+
 
 def _line_chart(history: list[dict[str, float]], field: str, title: str) -> dict[str, Any]:
-    return {
-        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
-        "title": title,
-        "width": 500,
-        "height": 200,
-        "data": {"values": [{"step": r["step"], field: r[field]} for r in history]},
-        "mark": {"type": "line", "point": False},
-        "encoding": {
+    return _vega_lite(
+        title,
+        500,
+        200,
+        data={"values": [{"step": r["step"], field: r[field]} for r in history]},
+        mark={"type": "line", "point": False},
+        encoding={
             "x": {"field": "step", "type": "quantitative"},
             "y": {"field": field, "type": "quantitative", "scale": {"zero": False}},
         },
-    }
+    )
 
 
 class TrainingCard:
@@ -103,32 +113,33 @@ def evaluation_summary(metrics: dict[str, Any], objective: str) -> list:
     if metrics["constant_attributes"]:
         lines.append(f"Predicted constant on the test split: {metrics['constant_attributes']}.")
     per = metrics["per_attribute"]
-    chart = {
-        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
-        "title": "per-attribute test accuracy vs majority baseline",
-        "width": 700,
-        "height": 220,
-        "data": {
-            "values": [
-                {"attribute": a, "metric": k, "value": m[k]}
-                for a, m in per.items()
-                for k in ("accuracy", "balanced_accuracy", "baseline")
-            ]
-        },
-        "mark": "bar",
-        "encoding": {
-            "x": {"field": "attribute", "type": "nominal", "sort": None},
-            "xOffset": {"field": "metric"},
-            "y": {"field": "value", "type": "quantitative", "scale": {"domain": [0, 1]}},
-            "color": {"field": "metric"},
-        },
-    }
     columns = ["accuracy", "balanced_accuracy", "f1", "roc_auc", "baseline", "threshold"]
     rows = [
         [a, *(f"{m[c]:.3f}" for c in columns), f"{m['positive_rate']:.3f}"] for a, m in per.items()
     ]
     table = Table(rows, headers=["attribute", *columns, "positive rate"])
-    return [Markdown("\n\n".join(lines)), VegaChart(chart), table]
+    return [Markdown("\n\n".join(lines)), VegaChart(_accuracy_chart(per)), table]
+
+
+def _accuracy_chart(per_attribute: dict[str, dict[str, float]]) -> dict[str, Any]:
+    values = [
+        {"attribute": a, "metric": k, "value": m[k]}
+        for a, m in per_attribute.items()
+        for k in ("accuracy", "balanced_accuracy", "baseline")
+    ]
+    return _vega_lite(
+        "per-attribute test accuracy vs majority baseline",
+        700,
+        220,
+        data={"values": values},
+        mark="bar",
+        encoding={
+            "x": {"field": "attribute", "type": "nominal", "sort": None},
+            "xOffset": {"field": "metric"},
+            "y": {"field": "value", "type": "quantitative", "scale": {"domain": [0, 1]}},
+            "color": {"field": "metric"},
+        },
+    )
 
 
 def prediction_grid(
@@ -158,3 +169,78 @@ def prediction_grid(
         Markdown("# Test images: predicted vs true"),
         Table(rows, headers=["image", "attributes"]),
     ]
+
+
+def drift_card(model_run: str, drift: dict[str, Any], report_html: str | None) -> list:
+    """MonitorFlow's detect step: summary, per-column scores, and evidently's full report."""
+    verdict = {True: "drift detected", False: "no drift", None: INSUFFICIENT}
+    components = [
+        Markdown(f"# Drift: {verdict[drift['drift_detected']]}\n\n{drift['message']}"),
+        Table(_drift_summary_rows(model_run, drift), headers=["", ""]),
+    ]
+    if report_html is None:
+        return components
+    scores = [
+        [name, f"{c['score']:.2e}", f"{c['threshold']:.1e}", "drifted" if c["drifted"] else ""]
+        for name, c in sorted(drift["columns"].items(), key=lambda item: item[1]["score"])
+    ]
+    return [
+        *components,
+        VegaChart(_drift_score_chart(drift)),
+        Table(scores, headers=["column", "p-value", "threshold", ""]),
+        Markdown("## evidently's report"),
+        Markdown(_iframe(report_html)),
+    ]
+
+
+def _drift_summary_rows(model_run: str, drift: dict[str, Any]) -> list[list[str]]:
+    rows = [
+        ["model", model_run],
+        ["window", describe_window((drift["window_start"], drift["window_end"]))],
+        ["rows (window / reference)", f"{drift['n_current']} / {drift['n_reference']}"],
+    ]
+    if drift["drift_detected"] is None:
+        return rows
+    embedding = drift["embedding"]
+    return [
+        *rows,
+        ["drifted columns", f"{len(drifted_columns(drift))} of {len(drift['columns'])}"],
+        [
+            "embedding distance / threshold",
+            f"{embedding['score']:.3f} / {embedding['threshold']:.3f}",
+        ],
+    ]
+
+
+def _drift_score_chart(drift: dict[str, Any]) -> dict[str, Any]:
+    """-log10 of each column's p-value, against the threshold's: bars past the line drifted."""
+    threshold = -math.log10(next(iter(drift["columns"].values()))["threshold"])
+    values = [
+        {"column": name, "score": -math.log10(max(c["score"], 1e-300)), "drifted": c["drifted"]}
+        for name, c in drift["columns"].items()
+    ]
+    # symlog: a column far past the line (p = 1e-30) must not flatten all the others.
+    y = {"type": "quantitative", "title": "-log10 p-value", "scale": {"type": "symlog"}}
+    bars = {
+        "data": {"values": values},
+        "mark": "bar",
+        "encoding": {
+            "x": {"field": "column", "type": "nominal", "sort": None},
+            "y": {"field": "score", **y},
+            "color": {"field": "drifted", "type": "nominal"},
+        },
+    }
+    line = {
+        "data": {"values": [{"threshold": threshold}]},
+        "mark": {"type": "rule", "color": "red"},
+        "encoding": {"y": {"field": "threshold", **y}},
+    }
+    title = "per-column drift: -log10 p-value (drifted past the line)"
+    return _vega_lite(title, 700, 220, layer=[bars, line])
+
+
+def _iframe(report_html: str) -> str:
+    """The standalone report inside the card. One line: a blank line would end Markdown's
+    HTML block."""
+    source = html.escape(report_html).replace("\n", "&#10;")
+    return f'<iframe srcdoc="{source}" style="width:100%;height:1400px;border:0"></iframe>'

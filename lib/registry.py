@@ -1,4 +1,5 @@
-"""The `champion` tag: which TrainFlow run serving should load.
+"""Finding runs: the newest of a flow, and the `champion` tag (which training run serving
+loads and MonitorFlow watches).
 
 A run becomes champion when its test mean accuracy beats the majority baseline and the
 newest champion trained on the same dataset fingerprint. Older champions keep their tag, so
@@ -7,6 +8,7 @@ the history stays visible; serving takes the newest.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from metaflow import Flow, Run, namespace
@@ -17,17 +19,23 @@ CHAMPION = "champion"
 TRAIN_FLOWS = ("TrainFlow", "TrainMultiNodeFlow")
 
 
+def newest_runs(flow_names: Iterable[str], *tags: str) -> list[Run]:
+    """The flows' runs with all `tags`, across namespaces, newest first; a flow never run has
+    none."""
+    namespace(None)
+    runs = []
+    for flow_name in flow_names:
+        try:
+            runs += Flow(flow_name).runs(*tags)
+        except MetaflowNotFound:
+            continue
+    return sorted(runs, key=lambda r: r.created_at, reverse=True)
+
+
 def current_champion(fingerprint: str | None = None, exclude: str | None = None) -> Run | None:
     """The newest run of a training flow tagged champion, across namespaces; with a
     fingerprint, the newest whose dataset has it."""
-    namespace(None)
-    runs = []
-    for flow_name in TRAIN_FLOWS:
-        try:
-            runs += Flow(flow_name).runs(CHAMPION)
-        except MetaflowNotFound:
-            continue
-    for run in sorted(runs, key=lambda r: r.created_at, reverse=True):
+    for run in newest_runs(TRAIN_FLOWS, CHAMPION):
         if run.pathspec == exclude:
             continue
         if fingerprint is None:
@@ -46,6 +54,13 @@ def champion_pathspec(advice: str) -> str:
     if champion is None:
         raise LookupError(f"no {' or '.join(TRAIN_FLOWS)} run is tagged {CHAMPION}: {advice}")
     return champion.pathspec
+
+
+def resolve_model_run(model_run: str, advice: str) -> str:
+    """The given training run, checked to exist, or else the current champion (a LookupError
+    that ends with `advice` when there is none)."""
+    namespace(None)
+    return Run(model_run).pathspec if model_run else champion_pathspec(advice)
 
 
 def promote_if_better(

@@ -13,7 +13,8 @@ from metaflow.cards import get_cards
 from test_flow import card_text
 
 from lib import synthetic
-from lib.monitor import DRIFT_TAG, INSUFFICIENT, drifted_columns
+from lib.alerts import DRIFT_TAG
+from lib.drift import INSUFFICIENT, drifted_columns
 from serving import create_app
 
 WINDOW = 200
