@@ -102,11 +102,6 @@ class PredictionLog:
                 ).rowcount
         return deleted
 
-    def count(self, model: str | None = None) -> int:
-        query, args = _where(model, None, None)
-        rows = self._connection().execute(f"SELECT COUNT(*) FROM predictions{query}", args)
-        return rows.fetchone()[0]
-
     def read(
         self, model: str | None = None, since: float | None = None, until: float | None = None
     ) -> pd.DataFrame:
