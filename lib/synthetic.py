@@ -129,7 +129,10 @@ class Spec:
 
 
 def make_spec(
-    n: int, seed: int = 0, prevalence: dict[str, float] | None = None, shifts=None
+    n: int,
+    seed: int = 0,
+    prevalence: dict[str, float] | None = None,
+    shifts: dict[str, float] | None = None,
 ) -> Spec:
     """Validate overrides and build a Spec; unknown names or out-of-range values raise."""
     if n < 1:
