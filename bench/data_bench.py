@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from lib import synthetic
-from lib.data import plan, prepare, prepare_shard
 from lib.model import build_model, preprocessing_of
+from lib.prepare import plan, prepare, prepare_shard
 from lib.preprocess import to_model_input
 from lib.train import augment, parameter_groups, train_loader
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from metaflow import Runner
 
-from lib.data import prepare, resolve_source
+from lib.prepare import prepare
+from lib.sources import resolve_source
 
 FLOW = Path(__file__).resolve().parents[1] / "flows" / "train_flow.py"
 

@@ -165,7 +165,7 @@ def precision_accuracy(run: str, folder: Path) -> dict[str, dict[str, float]] | 
     prepared data is gone."""
     from metaflow import Run, namespace
 
-    from lib.data import CachedSplit
+    from lib.datasets import CachedSplit
 
     namespace(None)
     dataset = Run(run).data.dataset

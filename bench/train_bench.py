@@ -32,8 +32,8 @@ from transformers import Trainer, TrainingArguments, ViTImageProcessor
 
 from lib import synthetic
 from lib.celeba import SPLITS, read_celeba
-from lib.data import prepare
 from lib.model import build_model
+from lib.prepare import prepare
 from lib.train import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "flows" / "configs" / "default.json"

@@ -28,7 +28,8 @@ class TrainFlow(FlowSpec):
     @step
     def start(self):
         """Index and fingerprint the data, and fan out over the shards left to decode."""
-        from lib.data import plan, resolve_source
+        from lib.prepare import plan
+        from lib.sources import resolve_source
 
         data = self.config.data
         source, root = resolve_source(self.data or data.source, data.get("synthetic"))
@@ -41,7 +42,8 @@ class TrainFlow(FlowSpec):
     def prepare_shard(self):
         """Decode one shard's images into the cache (a task per shard: locally up to
         --max-workers at once, one pod each with --with kubernetes or --with batch)."""
-        from lib.data import prepare_shard, shard_source
+        from lib.prepare import prepare_shard
+        from lib.sources import shard_source
 
         if self.input is not None:
             data = self.config.data
@@ -59,7 +61,7 @@ class TrainFlow(FlowSpec):
 
     def join_shards(self, inputs):
         from lib.cards import dataset_summary
-        from lib.data import finish
+        from lib.prepare import finish
 
         self.dataset = finish(inputs[0].plan, self.config.data.allow_skipped)
         current.card.extend(dataset_summary(self.dataset))

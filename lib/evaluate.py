@@ -17,7 +17,7 @@ import torch
 from scipy.stats import rankdata
 
 from lib.cards import evaluation_summary, prediction_grid
-from lib.data import CachedSplit
+from lib.datasets import CachedSplit
 from lib.features import Projection, feature_frame, image_features
 from lib.model import probabilities_and_embeddings
 from lib.preprocess import Preprocessing

@@ -1,21 +1,27 @@
-"""Files that are not artifacts: datasets fetched from gs://, prepared shards shared through
-gs://, and training checkpoints.
+"""Where files that are not artifacts live: datasets fetched from gs://, prepared shards shared
+through gs://, and training checkpoints.
+
+A `Folder` is named files kept together, either a folder on this machine (`LocalFolder`) or
+the objects under a gs:// prefix with a local copy of those this machine needs (`GCSFolder`);
+`folder_at` chooses one from a path or URI, so its callers never look at the scheme.
 
 Checkpoints are written to a local folder inside Metaflow's local datastore root, keyed by
-flow and run. When the run's datastore is GCS (METAFLOW_DEFAULT_DATASTORE=gs), each finished
-checkpoint is also mirrored under the same gs:// root, so a retry or resume on another
-machine finds it.
+flow and run. When the run's datastore is GCS (Metaflow's DEFAULT_DATASTORE is gs), each
+finished checkpoint is also mirrored under the same gs:// root (DATASTORE_SYSROOT_GS), so a
+retry or resume on another machine finds it.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
+from metaflow import metaflow_config
 from metaflow.plugins.datastores.local_storage import LocalStorage
 
 if TYPE_CHECKING:
@@ -23,9 +29,161 @@ if TYPE_CHECKING:
 
 CHECKPOINTS = "_checkpoints"
 COMPLETE = "COMPLETE"  # written last: a mirrored checkpoint without it is ignored
-
-
 PREFIX = "step_"
+
+
+class Folder(Protocol):
+    """Named files kept together. Files are written into `local` and then published; they are
+    read from `local` once fetched. A name may contain slashes (a file in a subfolder)."""
+
+    local: Path  # this machine's copy
+
+    @property
+    def uri(self) -> str:
+        """Where the folder is, for every machine: an absolute path or a gs:// URI."""
+
+    def names(self) -> set[str]:
+        """The names of the files there, subfolders' included."""
+
+    def fetch(self, names: Collection[str] | None = None, missing_ok: bool = False) -> Path:
+        """Bring the files `names` (by default all) into `local`, and return it. A missing
+        file fails (FileNotFoundError), unless `missing_ok`."""
+
+    def publish(self, names: Iterable[str]) -> None:
+        """Make these files of `local` visible to every machine, in this order."""
+
+
+def folder_at(location: str | Path, copy: Path) -> Folder:
+    """The folder at a gs:// URI or a local path. `copy` is where this machine keeps what it
+    fetches from a gs:// folder; a local folder is its own copy."""
+    if str(location).startswith("gs://"):
+        return GCSFolder(str(location), copy)
+    return LocalFolder(Path(location))
+
+
+@dataclass(frozen=True)
+class LocalFolder:
+    """A folder on this machine (or a disk that every machine mounts): fetching only checks
+    that the files are there, and publishing has nothing to do."""
+
+    local: Path
+
+    @property
+    def uri(self) -> str:
+        return str(self.local.resolve())
+
+    def names(self) -> set[str]:
+        return {str(p.relative_to(self.local)) for p in self.local.rglob("*") if p.is_file()}
+
+    def fetch(self, names: Collection[str] | None = None, missing_ok: bool = False) -> Path:
+        paths = [self.local] if names is None else [self.local / name for name in names]
+        absent = [str(path) for path in paths if not path.exists()]
+        if absent and not missing_ok:
+            raise FileNotFoundError(f"not found: {absent}")
+        return self.local
+
+    def publish(self, names: Iterable[str]) -> None:
+        pass
+
+
+class GCSFolder:
+    """The objects under gs://bucket/prefix, with a copy in `local` of those this machine
+    fetched. Every request is retried with exponential backoff on transient errors (429, 5xx,
+    connection resets): google-cloud-storage's DEFAULT_RETRY unless `retry` is given. A
+    missing bucket or a refused permission fails naming the URI."""
+
+    def __init__(self, uri: str, local: Path, retry: Any = None, workers: int = 16):
+        self.bucket_name, prefix = split_gs_uri(uri)
+        self.uri = uri.rstrip("/")
+        self.local = Path(local)
+        self.retry = retry
+        self.workers = workers  # downloads at once
+        self._start = f"{prefix}/" if prefix else ""
+
+    def names(self) -> set[str]:
+        return {blob.name[len(self._start) :] for blob in self._list()}
+
+    def fetch(self, names: Collection[str] | None = None, missing_ok: bool = False) -> Path:
+        """Download every object under the prefix, or only the objects `names`, fetched by
+        name without listing the prefix. Files already here (with the object's size, when
+        listed) are kept, so a second fetch downloads nothing new. An empty prefix fails too."""
+        if names is None:
+            blobs = self._list()
+            if not blobs:
+                raise FileNotFoundError(f"no objects under {self.uri}")
+        else:
+            bucket = _client().bucket(self.bucket_name)
+            blobs = [bucket.blob(self._start + name) for name in names]
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            absent = [name for name in pool.map(self._download, blobs) if name]
+        if absent and not missing_ok:
+            raise FileNotFoundError(f"not found under {self.uri}: {sorted(absent)}")
+        return self.local
+
+    def publish(self, names: Iterable[str]) -> None:
+        """Upload the files. Rewriting the same bytes is idempotent, so the upload is retried
+        even without the generation precondition google-cloud-storage otherwise requires."""
+        bucket = _client().bucket(self.bucket_name)
+        for name in names:
+            blob = bucket.blob(self._start + name)
+            blob.upload_from_filename(self.local / name, retry=self._retry())
+
+    def _download(self, blob: Any) -> str | None:
+        """Download one object into `local`; its name if the bucket lacks it."""
+        from google.api_core import exceptions
+
+        name = blob.name[len(self._start) :]
+        target = self.local / name
+        if target.exists() and blob.size in (None, target.stat().st_size):
+            return None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Per process: training ranks on one machine may fetch the same shard at once.
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        try:
+            blob.download_to_filename(partial, retry=self._retry())
+        except exceptions.NotFound:
+            partial.unlink(missing_ok=True)
+            return name
+        except exceptions.Forbidden as error:
+            raise PermissionError(
+                f"not allowed to read gs://{self.bucket_name}/{blob.name}: {error.message}"
+            ) from None
+        partial.rename(target)
+        return None
+
+    def _list(self) -> list:
+        from google.api_core import exceptions
+
+        try:
+            blobs = list(
+                _client().list_blobs(self.bucket_name, prefix=self._start, retry=self._retry())
+            )
+        except exceptions.NotFound:
+            raise FileNotFoundError(f"bucket not found: gs://{self.bucket_name}") from None
+        except exceptions.Forbidden as error:
+            raise PermissionError(f"not allowed to list {self.uri}: {error.message}") from None
+        return [blob for blob in blobs if not blob.name.endswith("/")]
+
+    def _retry(self) -> Any:
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        return self.retry or DEFAULT_RETRY
+
+
+def split_gs_uri(uri: str) -> tuple[str, str]:
+    """gs://bucket/some/prefix -> ("bucket", "some/prefix")."""
+    if not uri.startswith("gs://") or len(uri) <= len("gs://"):
+        raise ValueError(f"expected a gs:// URI, got {uri!r}")
+    bucket, _, prefix = uri[len("gs://") :].partition("/")
+    return bucket, prefix.strip("/")
+
+
+def _client() -> Any:
+    """A google-cloud-storage client. With STORAGE_EMULATOR_HOST set (the tests), it talks to
+    that emulator with anonymous credentials on its own."""
+    from google.cloud import storage
+
+    return storage.Client()
 
 
 @dataclass
@@ -86,130 +244,19 @@ def checkpoint_places(
 
 def checkpoint_place(flow_name: str, run_id: str) -> CheckpointPlace:
     """Where one run keeps its checkpoints: inside the .metaflow folder that
-    METAFLOW_DATASTORE_SYSROOT_LOCAL or the working tree selects, mirrored under
-    METAFLOW_DATASTORE_SYSROOT_GS when METAFLOW_DEFAULT_DATASTORE=gs."""
+    METAFLOW_DATASTORE_SYSROOT_LOCAL or the working tree selects, mirrored under Metaflow's
+    DATASTORE_SYSROOT_GS when its DEFAULT_DATASTORE is gs. Metaflow reads these settings
+    (METAFLOW_* variables, then its config files) once, when it is imported: the mirror is
+    where this process's Metaflow keeps its artifacts."""
     root = LocalStorage.get_datastore_root_from_config(lambda *_, **__: None)
     folder = Path(root) / CHECKPOINTS / flow_name / run_id
-    if os.environ.get("METAFLOW_DEFAULT_DATASTORE") != "gs":
+    if metaflow_config.DEFAULT_DATASTORE != "gs":
         return CheckpointPlace(folder)
-    gs_root = os.environ.get("METAFLOW_DATASTORE_SYSROOT_GS")
+    gs_root = metaflow_config.DATASTORE_SYSROOT_GS
     if not gs_root:
         raise ValueError("METAFLOW_DEFAULT_DATASTORE=gs needs METAFLOW_DATASTORE_SYSROOT_GS")
     mirror = GCSMirror(f"{gs_root.rstrip('/')}/{CHECKPOINTS}/{flow_name}/{run_id}")
     return CheckpointPlace(folder, mirror)
-
-
-def split_gs_uri(uri: str) -> tuple[str, str]:
-    """gs://bucket/some/prefix -> ("bucket", "some/prefix")."""
-    if not uri.startswith("gs://") or len(uri) <= len("gs://"):
-        raise ValueError(f"expected a gs:// URI, got {uri!r}")
-    bucket, _, prefix = uri[len("gs://") :].partition("/")
-    return bucket, prefix.strip("/")
-
-
-def fetch_prefix(
-    uri: str,
-    into: Path,
-    workers: int = 16,
-    retry=None,
-    names: Collection[str] | None = None,
-    missing_ok: bool = False,
-) -> Path:
-    """Mirror every object under gs://bucket/prefix into a local folder, or only the objects
-    `names` (relative to the prefix), fetched by name without listing the prefix: at most
-    `workers` downloads at once, each retried with exponential backoff on transient errors
-    (429, 5xx, connection resets: google-cloud-storage's DEFAULT_RETRY unless `retry` is
-    given). Files already there (with the object's size, when listed) are kept, so a second
-    fetch downloads nothing new. A missing bucket, an empty prefix, a missing named object
-    (unless `missing_ok`) or a refused permission fails naming the URI."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from google.api_core import exceptions
-
-    retry = retry or _default_retry()
-    bucket_name, prefix = split_gs_uri(uri)
-    start = f"{prefix}/" if prefix else ""
-    if names is None:
-        blobs = _list_blobs(uri, retry)
-        if not blobs:
-            raise FileNotFoundError(f"no objects under {uri}")
-    else:
-        bucket = _storage_client().bucket(bucket_name)
-        blobs = [bucket.blob(start + name) for name in names]
-    absent = []
-
-    def download(blob) -> None:
-        target = into / blob.name[len(start) :]
-        if target.exists() and blob.size in (None, target.stat().st_size):
-            return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Per process: training ranks on one machine may fetch the same shard at once.
-        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-        try:
-            blob.download_to_filename(partial, retry=retry)
-        except exceptions.NotFound:
-            partial.unlink(missing_ok=True)
-            absent.append(blob.name[len(start) :])
-            return
-        except exceptions.Forbidden as error:
-            raise PermissionError(
-                f"not allowed to read gs://{bucket_name}/{blob.name}: {error.message}"
-            ) from None
-        partial.rename(target)
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(download, blobs))
-    if absent and not missing_ok:
-        raise FileNotFoundError(f"not found under {uri}: {sorted(absent)}")
-    return into
-
-
-def list_prefix(uri: str, retry=None) -> dict[str, int]:
-    """{name relative to the prefix: size} of the objects under gs://bucket/prefix; {} if
-    there are none. A missing bucket or a refused permission fails naming the URI."""
-    prefix = split_gs_uri(uri)[1]
-    start = len(prefix) + 1 if prefix else 0
-    return {blob.name[start:]: blob.size for blob in _list_blobs(uri, retry)}
-
-
-def upload_file(path: Path, uri: str, retry=None) -> None:
-    """Upload one file to gs://bucket/name, retried on transient errors: rewriting the same
-    bytes is idempotent, so the retry is safe even without a generation precondition (which
-    google-cloud-storage otherwise requires before it retries an upload)."""
-    bucket_name, name = split_gs_uri(uri)
-    blob = _storage_client().bucket(bucket_name).blob(name)
-    blob.upload_from_filename(path, retry=retry or _default_retry())
-
-
-def _default_retry():
-    from google.cloud.storage.retry import DEFAULT_RETRY
-
-    return DEFAULT_RETRY
-
-
-def _list_blobs(uri: str, retry=None) -> list:
-    from google.api_core import exceptions
-
-    bucket_name, prefix = split_gs_uri(uri)
-    start = f"{prefix}/" if prefix else ""
-    client = _storage_client()
-    try:
-        blobs = list(client.list_blobs(bucket_name, prefix=start, retry=retry or _default_retry()))
-    except exceptions.NotFound:
-        raise FileNotFoundError(f"bucket not found: gs://{bucket_name}") from None
-    except exceptions.Forbidden as error:
-        raise PermissionError(f"not allowed to list {uri}: {error.message}") from None
-    return [b for b in blobs if not b.name.endswith("/")]
-
-
-def _storage_client():
-    from google.cloud import storage
-
-    if os.environ.get("STORAGE_EMULATOR_HOST"):  # tests: a local emulator, no credentials
-        from google.auth.credentials import AnonymousCredentials
-
-        return storage.Client(project="facet-test", credentials=AnonymousCredentials())
-    return storage.Client()
 
 
 class GCSMirror:
@@ -218,7 +265,7 @@ class GCSMirror:
     def __init__(self, uri: str):
         bucket, self.prefix = split_gs_uri(uri)
         self.uri = uri
-        self.bucket = _storage_client().bucket(bucket)
+        self.bucket = _client().bucket(bucket)
 
     def _complete_steps(self) -> list[str]:
         names = (blob.name for blob in self.bucket.list_blobs(prefix=f"{self.prefix}/"))

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from lib.data import CachedSplit
+from lib.datasets import CachedSplit
 from lib.model import build_model, preprocessing_of
 from lib.preprocess import to_model_input
 from lib.storage import CheckpointPlace

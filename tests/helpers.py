@@ -131,3 +131,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def use_gs_datastore(monkeypatch: pytest.MonkeyPatch, sysroot: str) -> None:
+    """Make Metaflow's datastore GCS under `sysroot`: for the flows and processes this test
+    starts (METAFLOW_* variables) and for this process, whose Metaflow read its settings at
+    import."""
+    from metaflow import metaflow_config
+
+    monkeypatch.setenv("METAFLOW_DEFAULT_DATASTORE", "gs")
+    monkeypatch.setenv("METAFLOW_DATASTORE_SYSROOT_GS", sysroot)
+    monkeypatch.setattr(metaflow_config, "DEFAULT_DATASTORE", "gs")
+    monkeypatch.setattr(metaflow_config, "DATASTORE_SYSROOT_GS", sysroot)

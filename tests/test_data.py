@@ -7,20 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-import lib.data
+import lib.prepare
 from lib import synthetic
-from lib.data import (
-    BadImagesError,
-    CachedSplit,
-    PreparedImages,
-    finish,
-    plan,
-    prepare,
-    prepare_shard,
-    resolve_source,
-    shard_source,
-)
+from lib.datasets import CachedSplit, PreparedImages
+from lib.prepare import BadImagesError, finish, plan, prepare, prepare_shard
 from lib.preprocess import Preprocessing, decode_image, preprocess, to_model_input
+from lib.sources import resolve_source, shard_source
 
 
 @pytest.fixture
@@ -52,7 +44,7 @@ def test_prepare_writes_shards_and_a_second_prepare_reuses_them(small, monkeypat
     stamps = shard_stamps(first["cache_dir"])
     assert len(stamps) == 6  # an .npy and a .json of bad images per shard
 
-    monkeypatch.setattr(lib.data, "_decode_one", no_decoding)
+    monkeypatch.setattr(lib.prepare, "_decode_one", no_decoding)
     second = prepare("test://small", small, image_size=32, shard_size=15)
     assert second["cache_reused"] is True
     assert second["cache_dir"] == first["cache_dir"]
@@ -70,9 +62,9 @@ def test_an_interrupted_preparation_decodes_only_the_missing_shards(small, monke
     (folder / first["shards"][1]["file"]).unlink()  # ... and while decoding shard 1
     kept = {name: stamp for name, stamp in shard_stamps(folder).items() if "0015" not in name}
     decoded = []
-    original = lib.data._decode_one
+    original = lib.prepare._decode_one
     monkeypatch.setattr(
-        lib.data,
+        lib.prepare,
         "_decode_one",
         lambda images, name, size: decoded.append(name) or original(images, name, size),
     )

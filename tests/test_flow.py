@@ -10,7 +10,7 @@ from helpers import run_flow
 from metaflow.cards import get_cards
 from transformers import AutoModelForImageClassification
 
-from lib.data import CachedSplit
+from lib.datasets import CachedSplit
 from lib.evaluate import predict
 from lib.export import export
 from lib.model import load_model

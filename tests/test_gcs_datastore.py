@@ -2,15 +2,14 @@
 
 Metaflow's default GCP client asks google.auth for credentials; the emulator wants anonymous
 ones, so the flow runs with a tiny test-only Metaflow extension (tests/metaflow_ext) that
-provides such a client."""
+provides a plain google-cloud-storage client, anonymous when STORAGE_EMULATOR_HOST is set."""
 
 import json
 import os
 
-from helpers import FLOW, ROOT, run_python
+from google.cloud import storage
+from helpers import FLOW, ROOT, run_python, use_gs_datastore
 from metaflow import Runner
-
-from lib.storage import _storage_client
 
 EXTENSION = ROOT / "tests" / "metaflow_ext"
 SYSROOT = "gs://facet/metaflow"
@@ -20,8 +19,7 @@ def test_a_run_on_the_gcs_datastore_stores_artifacts_and_checkpoints_there(
     gcs, smoke_config, monkeypatch
 ):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(EXTENSION), str(ROOT)]))
-    monkeypatch.setenv("METAFLOW_DEFAULT_DATASTORE", "gs")
-    monkeypatch.setenv("METAFLOW_DATASTORE_SYSROOT_GS", SYSROOT)
+    use_gs_datastore(monkeypatch, SYSROOT)
     monkeypatch.setenv("METAFLOW_DEFAULT_GCP_CLIENT_PROVIDER", "facet-emulator")
     cwd = os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"]
     with Runner(
@@ -31,7 +29,7 @@ def test_a_run_on_the_gcs_datastore_stores_artifacts_and_checkpoints_there(
         assert result.status == "successful", result.stderr[-3000:]
         run_id = result.run.id
 
-    stored = [b.name for b in _storage_client().list_blobs("facet", prefix="metaflow/")]
+    stored = [b.name for b in storage.Client().list_blobs("facet", prefix="metaflow/")]
     assert any(name.startswith(f"metaflow/TrainFlow/{run_id}/train/") for name in stored)
     checkpoints = f"metaflow/_checkpoints/TrainFlow/{run_id}/"
     assert any(n.startswith(checkpoints) and n.endswith("/COMPLETE") for n in stored)

@@ -9,33 +9,25 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 from helpers import free_port
 
-import lib.data
+import lib.prepare
 from lib import synthetic
+from lib.cache import prepared_folder
 from lib.celeba import image_location
-from lib.data import (
-    CachedSplit,
-    PreparedImages,
-    finish,
-    local_folder,
-    plan,
-    prepare,
-    prepare_shard,
-    resolve_source,
-    shard_source,
-)
-from lib.storage import _storage_client, fetch_prefix, list_prefix
+from lib.datasets import CachedSplit, PreparedImages
+from lib.prepare import finish, plan, prepare, prepare_shard
+from lib.sources import resolve_source, shard_source
+from lib.storage import GCSFolder
 
 FAST_RETRY = DEFAULT_RETRY.with_delay(initial=0.01, maximum=0.1)
 
 
-def upload(folder, bucket_name, prefix):
-    bucket = _storage_client().bucket(bucket_name)
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            bucket.blob(f"{prefix}/{path.relative_to(folder)}").upload_from_filename(path)
+def upload(folder, uri):
+    files = sorted(path.relative_to(folder) for path in folder.rglob("*") if path.is_file())
+    GCSFolder(uri, folder).publish(map(str, files))
 
 
 class FlakyProxy(ThreadingHTTPServer):
@@ -85,7 +77,7 @@ class _Forward(BaseHTTPRequestHandler):
 @pytest.fixture
 def celeba_in_bucket(gcs, tmp_path):
     root = synthetic.generate(tmp_path / "local", synthetic.make_spec(24, seed=6))
-    upload(root, "facet", "datasets/celeba")
+    upload(root, "gs://facet/datasets/celeba")
     return root
 
 
@@ -114,7 +106,8 @@ def test_transient_errors_are_retried(celeba_in_bucket, gcs, tmp_path, monkeypat
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     try:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://{proxy.address}")
-        fetch_prefix("gs://facet/datasets/celeba", tmp_path / "mirror", workers=4, retry=FAST_RETRY)
+        source = GCSFolder("gs://facet/datasets/celeba", tmp_path / "mirror", FAST_RETRY, workers=4)
+        source.fetch()
     finally:
         proxy.shutdown()
     assert proxy.failed == 3
@@ -126,7 +119,7 @@ def test_transient_errors_are_retried(celeba_in_bucket, gcs, tmp_path, monkeypat
 def test_missing_label_object_fails_naming_the_uri(gcs, tmp_path):
     root = synthetic.generate(tmp_path / "local", synthetic.make_spec(6, seed=7))
     (root / "list_attr_celeba.txt").unlink()
-    upload(root, "facet", "broken")
+    upload(root, "gs://facet/broken")
     uri, mirror = resolve_source("gs://facet/broken")
     with pytest.raises(FileNotFoundError, match=r"attribute file.*gs://facet/broken"):
         prepare(uri, mirror, image_size=16)
@@ -134,9 +127,9 @@ def test_missing_label_object_fails_naming_the_uri(gcs, tmp_path):
 
 def test_nothing_under_the_prefix_or_no_bucket_is_a_clear_error(gcs, tmp_path):
     with pytest.raises(FileNotFoundError, match="no objects under gs://facet/nothing"):
-        fetch_prefix("gs://facet/nothing", tmp_path / "x", retry=FAST_RETRY)
+        GCSFolder("gs://facet/nothing", tmp_path / "x", FAST_RETRY).fetch()
     with pytest.raises(FileNotFoundError, match="bucket not found: gs://no-such-bucket"):
-        fetch_prefix("gs://no-such-bucket/x", tmp_path / "y", retry=FAST_RETRY)
+        GCSFolder("gs://no-such-bucket/x", tmp_path / "y", FAST_RETRY).fetch()
 
 
 def on_machine(monkeypatch, home):
@@ -162,7 +155,7 @@ def test_shards_prepared_on_separate_machines_meet_in_a_gs_cache(gcs, tmp_path, 
     dataset = finish(work)
     assert dataset["cache_dir"] == work.cache_dir
     assert dataset["split_sizes"] == reference["split_sizes"]
-    stored = list_prefix(work.cache_dir)
+    stored = prepared_folder(work.cache_dir).names()
     assert {"manifest.json", "labels.npy", "split.npy"} < set(stored)
     assert sum(name.endswith(".npy") and name.startswith("shard-") for name in stored) == 3
 
@@ -181,7 +174,7 @@ def test_a_dataset_prepared_in_a_gs_cache_is_not_decoded_again(gcs, tmp_path, mo
     on_machine(monkeypatch, tmp_path / "first")
     first = prepare("x", root, image_size=16, shard_size=5)
     on_machine(monkeypatch, tmp_path / "second")
-    monkeypatch.setattr(lib.data, "_decode_one", lambda *args: pytest.fail("decoded again"))
+    monkeypatch.setattr(lib.prepare, "_decode_one", lambda *args: pytest.fail("decoded again"))
     second = prepare("x", root, image_size=16, shard_size=5)
     assert second["cache_reused"] is True and second["cache_dir"] == first["cache_dir"]
 
@@ -191,10 +184,10 @@ def test_a_shard_task_elsewhere_fetches_only_its_own_images(gcs, tmp_path, monke
     """A pod per shard reads a gs:// source: it downloads its shard's images, not the
     dataset, and an image the bucket lacks is counted missing as in a local folder."""
     spec = synthetic.make_spec(30, seed=8)
-    upload(synthetic.generate(tmp_path / "celeba", spec, layout=layout), "facet", "celeba")
+    upload(synthetic.generate(tmp_path / "celeba", spec, layout=layout), "gs://facet/celeba")
     work = plan(*resolve_source("gs://facet/celeba"), image_size=16, shard_size=10)
     lost = work.files[12]
-    _storage_client().bucket("facet").blob(f"celeba/{image_location(layout)}/{lost}").delete()
+    storage.Client().bucket("facet").blob(f"celeba/{image_location(layout)}/{lost}").delete()
 
     on_machine(monkeypatch, tmp_path / "shard-pod")
     elsewhere = dataclasses.replace(work, root=tmp_path / "on-the-planning-pod-only")
@@ -202,5 +195,7 @@ def test_a_shard_task_elsewhere_fetches_only_its_own_images(gcs, tmp_path, monke
     fetched = sorted(p.name for p in (copy / image_location(layout)).iterdir())
     assert fetched == sorted(set(work.files[10:20]) - {lost})
     prepare_shard(elsewhere, 1, copy)
-    bad = json.loads((local_folder(work.cache_dir) / "shard-0000010-0000020.json").read_text())
+    bad = json.loads(
+        (prepared_folder(work.cache_dir).local / "shard-0000010-0000020.json").read_text()
+    )
     assert bad == [[2, "missing"]]

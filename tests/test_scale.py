@@ -9,12 +9,13 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
-from helpers import MULTINODE_FLOW, SMOKE, run_flow
+from helpers import MULTINODE_FLOW, SMOKE, run_flow, use_gs_datastore
 
 from lib import synthetic
-from lib.data import CachedSplit, prepare
+from lib.datasets import CachedSplit
 from lib.distributed import run_training
 from lib.model import build_model, load_model
+from lib.prepare import prepare
 from lib.registry import champion_pathspec, promote_if_better
 from lib.storage import checkpoint_place
 
@@ -111,8 +112,7 @@ def test_one_node_flow_refuses_several_nodes(smoke_config):
 def test_processes_on_a_fresh_machine_resume_from_the_mirror(gcs, tmp_path, monkeypatch):
     """A retry on a new pod: the checkpoint is only in gs://. It is downloaded once per
     machine (the local main process first), and every process continues from it."""
-    monkeypatch.setenv("METAFLOW_DEFAULT_DATASTORE", "gs")
-    monkeypatch.setenv("METAFLOW_DATASTORE_SYSROOT_GS", "gs://facet/metaflow")
+    use_gs_datastore(monkeypatch, "gs://facet/metaflow")
     root = synthetic.generate(tmp_path / "data", synthetic.make_spec(48, seed=5))
     dataset = prepare("mirror", root, image_size=32)
     config = one_step_config(4, 2)

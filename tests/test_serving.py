@@ -9,10 +9,11 @@ from helpers import PROBABILITY_ATOL, assert_same_probabilities
 from PIL import Image
 
 from lib import synthetic
-from lib.data import PreparedImages, prepare
+from lib.datasets import PreparedImages
 from lib.export import export
 from lib.inference import Predictor
 from lib.predlog import PredictionLog
+from lib.prepare import prepare
 from lib.registry import CHAMPION
 from serving import create_app
 

@@ -1,16 +1,18 @@
-"""Checkpoint places and their gs:// mirror, and the gs:// helpers, against a real local GCS
-emulator."""
+"""Folders here and on gs://, checkpoint places and their gs:// mirror, against a real local
+GCS emulator."""
 
 import pytest
+from helpers import use_gs_datastore
+from metaflow import metaflow_config
 
 from lib.storage import (
     COMPLETE,
     CheckpointPlace,
+    GCSFolder,
     GCSMirror,
+    LocalFolder,
     checkpoint_place,
-    fetch_prefix,
-    list_prefix,
-    upload_file,
+    folder_at,
 )
 
 
@@ -54,30 +56,49 @@ def test_mirror_ignores_an_upload_that_never_completed(gcs, tmp_path):
 
 
 def test_a_gs_datastore_mirrors_checkpoints_under_its_root(gcs, tmp_path, monkeypatch):
-    monkeypatch.setenv("METAFLOW_DEFAULT_DATASTORE", "gs")
-    monkeypatch.setenv("METAFLOW_DATASTORE_SYSROOT_GS", "gs://facet/metaflow")
+    use_gs_datastore(monkeypatch, "gs://facet/metaflow")
     place = checkpoint_place("TrainFlow", "7")
     assert place.mirror.uri == "gs://facet/metaflow/_checkpoints/TrainFlow/7"
     place.mirror.push(make_checkpoint(tmp_path / "pod-a", 5, b"w"), keep=2)
     assert place.latest().name == "step_00000005"  # pulled: this machine had none
     assert (place.folder / "step_00000005" / "model.safetensors").read_bytes() == b"w"
 
-    monkeypatch.delenv("METAFLOW_DATASTORE_SYSROOT_GS")
+    monkeypatch.setattr(metaflow_config, "DATASTORE_SYSROOT_GS", None)
     with pytest.raises(ValueError, match="METAFLOW_DATASTORE_SYSROOT_GS"):
         checkpoint_place("TrainFlow", "7")
     with pytest.raises(ValueError, match="gs:// URI"):
         GCSMirror("s3://bucket/x")
 
 
-def test_upload_list_and_fetch_named_objects(gcs, tmp_path):
-    for name in ("a.npy", "b.npy", "c.json"):
-        (tmp_path / name).write_bytes(name.encode() * 3)
-        upload_file(tmp_path / name, f"gs://facet/cache/key/{name}")
-    assert list_prefix("gs://facet/cache/key") == {"a.npy": 15, "b.npy": 15, "c.json": 18}
-    assert list_prefix("gs://facet/cache/other") == {}
+def test_a_gs_folder_publishes_lists_and_fetches_named_files(gcs, tmp_path):
+    written = folder_at("gs://facet/cache/key/", copy=tmp_path / "written")
+    assert isinstance(written, GCSFolder) and written.uri == "gs://facet/cache/key"
+    (written.local / "sub").mkdir(parents=True)
+    for name in ("a.npy", "b.npy", "sub/c.json"):
+        (written.local / name).write_bytes(name.encode() * 3)
+    written.publish(["a.npy", "b.npy", "sub/c.json"])
+    assert written.names() == {"a.npy", "b.npy", "sub/c.json"}
+    assert folder_at("gs://facet/cache/other", copy=tmp_path / "other").names() == set()
 
-    fetch_prefix("gs://facet/cache/key", tmp_path / "here", names=["b.npy", "c.json"])
-    assert sorted(p.name for p in (tmp_path / "here").iterdir()) == ["b.npy", "c.json"]
-    assert (tmp_path / "here" / "b.npy").read_bytes() == b"b.npyb.npyb.npy"
+    here = GCSFolder("gs://facet/cache/key", tmp_path / "here")
+    assert here.fetch(["b.npy", "sub/c.json"]) == tmp_path / "here"
+    assert sorted(p.name for p in here.local.rglob("*")) == ["b.npy", "c.json", "sub"]
+    assert (here.local / "b.npy").read_bytes() == b"b.npyb.npyb.npy"
     with pytest.raises(FileNotFoundError, match=r"not found under gs://facet/cache/key: \['d'\]"):
-        fetch_prefix("gs://facet/cache/key", tmp_path / "there", names=["a.npy", "d"])
+        GCSFolder("gs://facet/cache/key", tmp_path / "there").fetch(["a.npy", "d"])
+    assert here.fetch(["a.npy", "d"], missing_ok=True) == here.local
+    assert (here.local / "a.npy").exists() and not (here.local / "d").exists()
+
+
+def test_a_local_folder_is_its_own_copy(tmp_path):
+    folder = folder_at(tmp_path / "cache", copy=tmp_path / "unused")
+    assert folder == LocalFolder(tmp_path / "cache") and folder.names() == set()
+    folder.local.mkdir()
+    (folder.local / "a.npy").write_bytes(b"a")
+    folder.publish(["a.npy"])  # nothing to do: every reader sees it already
+    assert folder.names() == {"a.npy"} and folder.uri == str((tmp_path / "cache").resolve())
+    assert folder.fetch(["a.npy"]) == folder.local
+    with pytest.raises(FileNotFoundError, match=r"b\.npy"):
+        folder.fetch(["a.npy", "b.npy"])
+    assert folder.fetch(["b.npy"], missing_ok=True) == folder.local
+    assert not (tmp_path / "unused").exists()

@@ -6,10 +6,11 @@ class EmulatorClientProvider:
 
     @staticmethod
     def get_gs_storage_client(*args, **kwargs):
-        from lib.storage import _storage_client  # the project's client: anonymous on the emulator
+        from google.cloud import storage
 
+        # With STORAGE_EMULATOR_HOST set, a plain client is anonymous and talks to the emulator.
         assert os.environ.get("STORAGE_EMULATOR_HOST"), "only for gcp-storage-emulator"
-        return _storage_client()
+        return storage.Client()
 
     @staticmethod
     def get_credentials(scopes, *args, **kwargs):
