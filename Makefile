@@ -1,5 +1,6 @@
 # make run   installs into .venv if needed, then trains the embedded default (synthetic, CPU).
 # make test  installs if needed, then runs ruff and pytest.
+# make test-fast  ruff and the tests outside the slow tiers (flow, gunicorn, emulator, image).
 # make serve serves the champion model over REST on $${PORT:-8000}.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.installed
 # Metaflow needs a user name; shells without $$USER (CI, containers) get one.
 export METAFLOW_USER ?= $(or $(USER),facet)
 
-.PHONY: install run serve test lint format clean
+.PHONY: install run serve test test-fast lint format clean
 
 install: $(STAMP)
 
@@ -29,6 +30,9 @@ serve: install
 
 test: install lint
 	$(BIN)/python -m pytest
+
+test-fast: install lint
+	$(BIN)/python -m pytest -m "not (flow or gunicorn or emulator or image)"
 
 lint: install
 	$(BIN)/ruff check .

@@ -16,13 +16,13 @@ and each step's wall time. Needs metaflow and what lib imports; no network.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 from pathlib import Path
 
 from metaflow import Runner
 
+from lib.config import load
 from lib.evaluate import headline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,13 +35,12 @@ def main() -> None:
     parser.add_argument("--fail-at", type=int, default=100, help="0: no injected failure")
     parser.add_argument("--compile", action="store_true", help="train with torch.compile")
     args = parser.parse_args()
-    config = json.loads(args.config.read_text())
-    config["train"]["compile"] = args.compile
+    config = load(args.config).merged({"train": {"compile": args.compile}})
     env = dict(os.environ)
     if args.fail_at:
-        config["retries"] = max(config["retries"], 1)
+        config = config.merged({"retries": max(config.retries, 1)})
         env["FACET_FAULT"] = f"train@{args.fail_at}:raise"
-    with Runner(str(FLOW), env=env, config_value=[("config", config)]) as runner:
+    with Runner(str(FLOW), env=env, config_value=[("config", config.model_dump())]) as runner:
         result = runner.run()
     if result.status != "successful":
         raise SystemExit(f"run {result.run.pathspec} {result.status}:\n{result.stderr[-3000:]}")

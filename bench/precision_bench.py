@@ -7,24 +7,21 @@ both precisions, in this process, and prints images/s and the ratio. On CUDA the
 bf16 (lib.train chooses by device); this measures the CPU choice.
 """
 
-import json
 import time
-from pathlib import Path
 
 import torch
 
+from lib.config import load
 from lib.model import build_model
 from lib.synthetic import ATTRIBUTES
 
-CONFIG = Path(__file__).resolve().parents[1] / "flows" / "configs" / "default.json"
-
 
 def images_per_second(bf16: bool, steps: int = 12, warmup: int = 3) -> float:
-    config = json.loads(CONFIG.read_text())
+    config = load()
     torch.manual_seed(0)
-    model = build_model(config["model"], ATTRIBUTES).train()
+    model = build_model(config.model, ATTRIBUTES).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    size, batch = config["model"]["image_size"], config["train"]["batch_size"]
+    size, batch = config.model.image_size, config.train.batch_size
     x = torch.randn(batch, 3, size, size)
     y = torch.randint(0, 2, (batch, len(ATTRIBUTES))).float()
     for i in range(warmup + steps):

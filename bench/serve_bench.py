@@ -113,12 +113,13 @@ def export_trained(run: str | None, out: Path) -> tuple[str, Path]:
 
 def write_vit_base(out: Path) -> Path:
     """A randomly initialised ViT-B/16 with 40 outputs, in lib.export's folder format."""
-    from lib.model import build_model, model_to_files, write_model_files
-    from lib.preprocess import Preprocessing
+    from lib.config import ModelConfig
+    from lib.model import build_model, model_to_files, preprocessing_of, write_model_files
 
     torch.manual_seed(0)
-    model = build_model(VIT_BASE, synthetic.ATTRIBUTES)
-    folder = write_model_files(model_to_files(model, Preprocessing(VIT_BASE["image_size"])), out)
+    vit_base = ModelConfig(**VIT_BASE)
+    model = build_model(vit_base, synthetic.ATTRIBUTES)
+    folder = write_model_files(model_to_files(model, preprocessing_of(vit_base)), out)
     embeddings = np.random.default_rng(0).normal(size=(32, VIT_BASE["hidden_size"]))
     info = {
         "run": "random ViT-B/16",

@@ -18,7 +18,6 @@ preparing the cache, which happens once per dataset (printed separately).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import tempfile
 import time
@@ -32,11 +31,10 @@ from transformers import Trainer, TrainingArguments, ViTImageProcessor
 
 from lib import synthetic
 from lib.celeba import SPLITS, read_celeba
+from lib.config import RunConfig, load
 from lib.model import build_model
 from lib.prepare import prepare
 from lib.train import train
-
-CONFIG = Path(__file__).resolve().parents[1] / "flows" / "configs" / "default.json"
 
 
 class JpegDataset(torch.utils.data.Dataset):
@@ -57,43 +55,43 @@ class JpegDataset(torch.utils.data.Dataset):
         return {"pixel_values": self.transform(image), "labels": self.labels[i]}
 
 
-def run_ours(config: dict, dataset: dict, steps: int, folder: Path) -> float:
+def run_ours(config: RunConfig, dataset: dict, steps: int, folder: Path) -> float:
     from lib.storage import CheckpointPlace
 
-    config["train"].update(epochs=1, wandb=False, checkpoint_every=10**9)
+    config = config.merged({"train": {"epochs": 1, "wandb": False, "checkpoint_every": 10**9}})
     started = time.perf_counter()
     result = train(config, dataset, CheckpointPlace(folder / "checkpoints"))
     assert result.steps >= steps, (result.steps, steps)
-    return result.steps * config["train"]["batch_size"] / (time.perf_counter() - started)
+    return result.steps * config.train.batch_size / (time.perf_counter() - started)
 
 
-def run_trainer(config: dict, root: Path, steps: int, folder: Path) -> float:
-    size = config["model"]["image_size"]
+def run_trainer(config: RunConfig, root: Path, steps: int, folder: Path) -> float:
+    size = config.model.image_size
     processor = ViTImageProcessor(
         size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
     )
     data = JpegDataset(root, lambda image: processor(image, return_tensors="pt").pixel_values[0])
-    cfg = config["train"]
+    cfg = config.train
     args = TrainingArguments(
         output_dir=str(folder / "trainer"),
-        per_device_train_batch_size=cfg["batch_size"],
+        per_device_train_batch_size=cfg.batch_size,
         max_steps=steps,
-        learning_rate=cfg["learning_rate"],
-        weight_decay=cfg["weight_decay"],
-        warmup_steps=int(cfg["warmup_ratio"] * steps),
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=int(cfg.warmup_ratio * steps),
         lr_scheduler_type="cosine",
-        max_grad_norm=cfg["max_grad_norm"],
+        max_grad_norm=cfg.max_grad_norm,
         save_strategy="no",
         report_to=[],
         logging_steps=10,
         use_cpu=True,
-        seed=cfg["seed"],
+        seed=cfg.seed,
         disable_tqdm=True,
     )
     started = time.perf_counter()
-    model = build_model(config["model"], synthetic.ATTRIBUTES)
+    model = build_model(config.model, synthetic.ATTRIBUTES)
     Trainer(model=model, args=args, train_dataset=data).train()
-    return steps * cfg["batch_size"] / (time.perf_counter() - started)
+    return steps * cfg.batch_size / (time.perf_counter() - started)
 
 
 def pil_transform(size: int):
@@ -110,14 +108,14 @@ def pil_transform(size: int):
     return transform
 
 
-def run_no_trainer(config: dict, root: Path, steps: int) -> float:
-    cfg = config["train"]
+def run_no_trainer(config: RunConfig, root: Path, steps: int) -> float:
+    cfg = config.train
     started = time.perf_counter()
     accelerator = Accelerator(cpu=True)
-    model = build_model(config["model"], synthetic.ATTRIBUTES)
-    data = JpegDataset(root, pil_transform(config["model"]["image_size"]))
-    loader = torch.utils.data.DataLoader(data, batch_size=cfg["batch_size"], shuffle=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"])
+    model = build_model(config.model, synthetic.ATTRIBUTES)
+    data = JpegDataset(root, pil_transform(config.model.image_size))
+    loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, shuffle=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     model.train()
     done = 0
@@ -130,29 +128,29 @@ def run_no_trainer(config: dict, root: Path, steps: int) -> float:
             done += 1
             if done == steps:
                 break
-    return steps * cfg["batch_size"] / (time.perf_counter() - started)
+    return steps * cfg.batch_size / (time.perf_counter() - started)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=100)
     args = parser.parse_args()
-    config = json.loads(CONFIG.read_text())
-    batch = config["train"]["batch_size"]
+    config = load()
+    batch = config.train.batch_size
     # The official split puts about 80% in train: enough images for `steps` full batches.
     n = math.ceil(args.steps * batch / 0.78)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         root = synthetic.generate(folder / "data", synthetic.make_spec(n, seed=0))
         started = time.perf_counter()
-        dataset = prepare("bench", root, image_size=config["model"]["image_size"])
+        dataset = prepare("bench", root, image_size=config.model.image_size)
         print(
             f"{n} images; preparing the cache (once per dataset): "
             f"{time.perf_counter() - started:.1f} s"
         )
         torch.manual_seed(0)
         rates = {
-            "ours": run_ours(json.loads(CONFIG.read_text()), dataset, args.steps, folder),
+            "ours": run_ours(config, dataset, args.steps, folder),
             "trainer": run_trainer(config, root, args.steps, folder),
             "no_trainer": run_no_trainer(config, root, args.steps),
         }

@@ -36,11 +36,11 @@ class MonitorFlow(FlowSpec):
     @step
     def start(self):
         from lib.monitor import choose_window
-        from lib.predlog import default_path
         from lib.registry import resolve_model_run
+        from lib.settings import FlowSettings
 
         self.model_run = resolve_model_run(self.model, "pass --model-run")
-        self.log_path = self.log or default_path()
+        self.log_path = self.log or FlowSettings().PREDICTION_LOG
         self.window = choose_window(self.model_run, self.window_hours)
         self.next(self.detect)
 

@@ -10,19 +10,17 @@ import lib inside their bodies: this module is imported by every task and card s
 and importing torch at the top would add seconds to each of them.
 """
 
-import os
-
 from metaflow import Config, FlowSpec, Parameter, card, current, resources, retry, step, timeout
 
 import lib  # noqa: F401  (light: puts lib/ into the code package that remote steps run from)
-
-CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+from lib.config import DEFAULT, RunConfig, parse
 
 
 class TrainFlow(FlowSpec):
     """Train, evaluate and version a 40-attribute CelebA ViT."""
 
-    config = Config("config", default=os.path.join(CONFIGS, "default.json"))
+    # Validated when the flow starts (run, resume, check): unknown keys and wrong types stop it.
+    config = Config("config", default=str(DEFAULT), parser=parse)
     data = Parameter("data", default="", help="CelebA-format folder; overrides config data.source")
 
     @step
@@ -31,9 +29,10 @@ class TrainFlow(FlowSpec):
         from lib.prepare import plan
         from lib.sources import resolve_source
 
-        data = self.config.data
-        source, root = resolve_source(self.data or data.source, data.get("synthetic"))
-        self.plan = plan(source, root, self.config.model.image_size, data.shard_size)
+        config = self.run_config()
+        data = config.data
+        source, root = resolve_source(self.data or data.source, data.synthetic.model_dump())
+        self.plan = plan(source, root, config.model.image_size, data.shard_size)
         # A foreach needs one item at least: a complete cache gets one task with nothing to do.
         self.shards = self.plan.todo or [None]
         self.next(self.prepare_shard, foreach="shards")
@@ -46,9 +45,9 @@ class TrainFlow(FlowSpec):
         from lib.sources import shard_source
 
         if self.input is not None:
-            data = self.config.data
+            data = self.run_config().data
             source = self.data or data.source
-            root = shard_source(self.plan, self.input, source, data.get("synthetic"))
+            root = shard_source(self.plan, self.input, source, data.synthetic.model_dump())
             prepare_shard(self.plan, self.input, root)
         self.next(self.prepare_data)
 
@@ -59,11 +58,15 @@ class TrainFlow(FlowSpec):
         self.join_shards(inputs)
         self.next(self.train)
 
+    def run_config(self) -> RunConfig:
+        """The config's typed keys (lib/config.py says what each means)."""
+        return RunConfig.of(self.config)
+
     def join_shards(self, inputs):
         from lib.cards import dataset_summary
         from lib.prepare import finish
 
-        self.dataset = finish(inputs[0].plan, self.config.data.allow_skipped)
+        self.dataset = finish(inputs[0].plan, self.run_config().data.allow_skipped)
         current.card.extend(dataset_summary(self.dataset))
 
     @resources(cpu=config.resources.cpu, memory=config.resources.memory, gpu=config.resources.gpu)
@@ -85,12 +88,12 @@ class TrainFlow(FlowSpec):
 
         run = (current.flow_name, current.run_id, current.origin_run_id)
         card = TrainingCard(current.card)
-        config = self.config.to_dict()
+        config = self.run_config()
         result = run_training(config, self.dataset, run, current.retry_count, card, launch)
         if result is None:
             return
         card.finish(result.steps, result.resumed_from_step)
-        self.model = model_to_files(result.model, preprocessing_of(self.config.model))
+        self.model = model_to_files(result.model, preprocessing_of(config.model))
         self.history = result.history
         self.resumed_from_step = result.resumed_from_step
         self.world_size = result.world_size
@@ -108,7 +111,8 @@ class TrainFlow(FlowSpec):
         model, preprocessing = load_model(self.model, device_for_inference())
         synthetic_data = self.dataset["source"].startswith("synthetic://")
         drawn = synthetic.DRAWN_ATTRIBUTES if synthetic_data else None
-        result = evaluate_model(model, preprocessing, self.dataset, self.config, drawn)
+        settings = self.run_config().evaluate
+        result = evaluate_model(model, preprocessing, self.dataset, settings, drawn)
         self.thresholds, self.metrics = result.thresholds, result.metrics
         self.projection, self.reference_features = result.projection, result.reference_features
         current.card.extend(result.card)
@@ -122,7 +126,7 @@ class TrainFlow(FlowSpec):
         run = f"{current.flow_name}/{current.run_id}"
         self.champion, reason = promote_if_better(run, self.dataset, self.metrics)
         print(f"{headline(self.metrics)}; {reason}")
-        if not self.metrics["beats_baseline"] and self.config.require_beats_baseline:
+        if not self.metrics["beats_baseline"] and self.run_config().require_beats_baseline:
             raise RuntimeError(
                 "The model does not beat the majority-class baseline on the test split: it has "
                 "probably collapsed. Its artifacts are kept; see the evaluate card."

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import urllib.parse
 import urllib.request
 from typing import Any
@@ -11,16 +10,16 @@ from typing import Any
 from metaflow import Run, namespace
 
 from lib.drift import drifted_columns
+from lib.settings import FlowSettings
 
 DRIFT_TAG = "drift"
-ALERT_WEBHOOK_URL = "ALERT_WEBHOOK_URL"
 
 
 def raise_alarm(monitor_run: str, model_run: str, drift: dict[str, Any]) -> None:
     """Tag the run `drift`, and POST a JSON summary to ALERT_WEBHOOK_URL if it is set."""
     namespace(None)
     Run(monitor_run).add_tag(DRIFT_TAG)
-    url = os.environ.get(ALERT_WEBHOOK_URL)
+    url = FlowSettings().ALERT_WEBHOOK_URL
     if url:
         post_json(url, alert_summary(monitor_run, model_run, drift))
 

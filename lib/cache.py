@@ -10,9 +10,9 @@ and uploads, and a reader downloads the files it needs before memory-mapping the
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from lib.settings import FlowSettings
 from lib.storage import Folder, folder_at
 
 MANIFEST = "manifest.json"
@@ -53,4 +53,4 @@ def bad_images_file(shard: str) -> str:
 
 def _configured_cache() -> Folder:
     home = Path.home() / ".cache" / "facet"
-    return folder_at(os.environ.get("FACET_CACHE") or home, copy=home)
+    return folder_at(FlowSettings().FACET_CACHE or home, copy=home)

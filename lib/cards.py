@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -140,6 +141,24 @@ def _accuracy_chart(per_attribute: dict[str, dict[str, float]]) -> dict[str, Any
             "color": {"field": "metric"},
         },
     )
+
+
+def evaluation_card(
+    metrics: dict[str, Any],
+    objective: str,
+    shown: tuple[Sequence, np.ndarray, np.ndarray, int],
+    thresholds: np.ndarray,
+    attributes: list[str],
+) -> list:
+    """The evaluate step's card: the headline and per-attribute numbers, then the first test
+    images. `shown` is (the test split's dataset, its labels, its probabilities, how many)."""
+    split, labels, probs, count = shown
+    count = min(count, len(split))
+    images = np.stack([split[i][0].numpy() for i in range(count)]) if count else np.zeros((0,))
+    return [
+        *evaluation_summary(metrics, objective),
+        *prediction_grid(images, labels[:count], probs[:count], thresholds, attributes),
+    ]
 
 
 def prediction_grid(

@@ -23,6 +23,7 @@ from typing import Any
 
 from accelerate import PartialState
 
+from lib.config import RunConfig
 from lib.faults import inject
 from lib.model import load_model, model_to_files, preprocessing_of, write_model_files
 from lib.storage import checkpoint_places
@@ -63,22 +64,22 @@ def _torchrun(job: Path, options: list[str]) -> None:
 
 
 def run_training(
-    config: dict[str, Any],
+    config: RunConfig,
     dataset: dict[str, Any],
     run: tuple[str, str, str | None],
     attempt: int = 0,
     on_log: Callable[[dict[str, float]], None] | None = None,
     launch: Launcher | None = None,
 ) -> TrainResult | None:
-    """Train with config["train"]["num_processes"] processes (default 1). `run` is (flow name,
+    """Train with config.train.num_processes processes. `run` is (flow name,
     run id, origin run id): where checkpoints are saved and looked for; `attempt` is the
     step's retry count (faults are injected on the first attempt only).
 
     `launch` makes this node's processes part of a job over several nodes (TrainMultiNodeFlow
     passes node_of(...)); then only the node holding global rank 0 gets the result, and the
     others get None."""
-    processes = config["train"].get("num_processes", 1)
-    if launch is None and config["train"].get("num_nodes", 1) > 1:
+    processes = config.train.num_processes
+    if launch is None and config.train.num_nodes > 1:
         raise ValueError(
             "train.num_nodes > 1 needs flows/train_multinode_flow.py; TrainFlow trains on one "
             "node (train.num_processes processes)"
@@ -87,7 +88,7 @@ def run_training(
         return _train(config, dataset, run, attempt, on_log)
     with tempfile.TemporaryDirectory(prefix="facet-train-") as folder:
         job = Path(folder)
-        spec = {"config": config, "dataset": dataset, "run": run, "attempt": attempt}
+        spec = {"config": config.model_dump(), "dataset": dataset, "run": run, "attempt": attempt}
         (job / JOB).write_text(json.dumps(spec))
         failures: list[BaseException] = []
 
@@ -141,7 +142,7 @@ def _relay(log: Path, seen: int, on_log: Callable | None) -> int:
 def main(job: Path) -> None:
     """One rank: train, then rank 0 writes the model and the result for the parent."""
     spec = json.loads((job / JOB).read_text())
-    config = spec["config"]
+    config = RunConfig.of(spec["config"])
 
     def log_record(record: dict[str, float]) -> None:  # train() logs on rank 0 only
         with (job / LOG).open("a") as log:
@@ -149,9 +150,9 @@ def main(job: Path) -> None:
 
     result = _train(config, spec["dataset"], tuple(spec["run"]), spec["attempt"], log_record)
     if PartialState().is_main_process:
-        files = model_to_files(result.model, preprocessing_of(config["model"]))
+        files = model_to_files(result.model, preprocessing_of(config.model))
         write_model_files(files, job / MODEL)
-        fields = ("history", "steps", "resumed_from_step", "world_size", "weight_digests")
+        fields = ("history", "steps", "resumed_from_step", "world_size")
         (job / RESULT).write_text(json.dumps({k: getattr(result, k) for k in fields}))
 
 

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from lib.cards import evaluation_summary, prediction_grid
+from lib.cards import evaluation_card
+from lib.config import EvaluateConfig
 from lib.datasets import CachedSplit
 from lib.features import Projection, feature_frame, image_features
 from lib.model import probabilities_and_embeddings
@@ -192,30 +193,25 @@ def evaluate_model(
     model: torch.nn.Module,
     preprocessing: Preprocessing,
     dataset: dict[str, Any],
-    config: dict[str, Any],
+    settings: EvaluateConfig,
     drawn: list[str] | None = None,
 ) -> Evaluation:
     """Tune thresholds on validation, score the test split, and build the evaluation card."""
-    cfg = config["evaluate"]
     attributes = dataset["attributes"]
     validation = CachedSplit(dataset["cache_dir"], "validation")
     test = CachedSplit(dataset["cache_dir"], "test")
-    val = predict(model, validation, preprocessing, cfg["batch_size"])
-    thresholds = tune_thresholds(val.probs, val.labels, cfg["threshold_objective"])
+    val = predict(model, validation, preprocessing, settings.batch_size)
+    thresholds = tune_thresholds(val.probs, val.labels, settings.threshold_objective)
     projection = Projection.fit(val.embeddings)
-    tested = predict(model, test, preprocessing, cfg["batch_size"], with_features=True)
+    tested = predict(model, test, preprocessing, settings.batch_size, with_features=True)
     probs, labels = tested.probs, tested.labels
     reference = feature_frame(
         tested.features, probs, projection.transform(tested.embeddings), attributes
     )
     train_rates = np.array([dataset["positive_rates"]["train"][a] for a in attributes])
     metrics = summarize(attributes, probs, labels, thresholds, train_rates, drawn)
-    shown = min(cfg["card_images"], len(test))
-    images = np.stack([test[i][0].numpy() for i in range(shown)]) if shown else np.zeros((0,))
-    card = [
-        *evaluation_summary(metrics, cfg["threshold_objective"]),
-        *prediction_grid(images, labels[:shown], probs[:shown], thresholds, attributes),
-    ]
+    shown = (test, labels, probs, settings.card_images)
+    card = evaluation_card(metrics, settings.threshold_objective, shown, thresholds, attributes)
     return Evaluation(
         thresholds={a: float(t) for a, t in zip(attributes, thresholds, strict=True)},
         metrics=metrics,

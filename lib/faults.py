@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import signal
 
+from lib.settings import FlowSettings
+
 ENV = "FACET_FAULT"
 
 
@@ -20,7 +22,7 @@ class InjectedFault(RuntimeError):
 
 
 def inject(where: str, step: int | None = None, attempt: int = 0) -> None:
-    spec = os.environ.get(ENV)
+    spec = FlowSettings().FACET_FAULT
     if not spec or attempt > 0:
         return
     target, _, action = spec.partition(":")

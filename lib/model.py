@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from transformers import ViTConfig, ViTForImageClassification
 
+from lib.config import ModelConfig
 from lib.preprocess import PREPROCESSOR_FILE, Preprocessing, to_model_input
 
-# Model-config keys that describe loading and inputs, not the ViT architecture.
-NOT_ARCHITECTURE = {"pretrained", "image_mean", "image_std"}
 
-
-def build_model(model_config: dict[str, Any], attributes: list[str]) -> ViTForImageClassification:
+def build_model(model_config: ModelConfig, attributes: list[str]) -> ViTForImageClassification:
     """A multi-label ViT with one logit per attribute: from scratch when the config gives an
     architecture, from a checkpoint (hub name or local folder) when it names `pretrained`."""
     labels = {
@@ -29,28 +26,26 @@ def build_model(model_config: dict[str, Any], attributes: list[str]) -> ViTForIm
         "label2id": {name: i for i, name in enumerate(attributes)},
         "problem_type": "multi_label_classification",
     }
-    if model_config.get("pretrained"):
-        model = ViTForImageClassification.from_pretrained(
-            model_config["pretrained"], ignore_mismatched_sizes=True, **labels
+    if not model_config.pretrained:
+        return ViTForImageClassification(ViTConfig(**model_config.architecture(), **labels))
+    model = ViTForImageClassification.from_pretrained(
+        model_config.pretrained, ignore_mismatched_sizes=True, **labels
+    )
+    if model.config.image_size != model_config.image_size:
+        raise ValueError(
+            f"{model_config.pretrained} expects {model.config.image_size}px inputs, "
+            f"the config says image_size={model_config.image_size}"
         )
-        if model.config.image_size != model_config["image_size"]:
-            raise ValueError(
-                f"{model_config['pretrained']} expects {model.config.image_size}px inputs, "
-                f"the config says image_size={model_config['image_size']}"
-            )
-        return model
-    architecture = {k: v for k, v in model_config.items() if k not in NOT_ARCHITECTURE}
-    return ViTForImageClassification(ViTConfig(**architecture, **labels))
+    return model
 
 
-def preprocessing_of(model_config: dict[str, Any]) -> Preprocessing:
+def preprocessing_of(model_config: ModelConfig) -> Preprocessing:
     """Input size and normalisation; a pretrained checkpoint must be given the statistics it
     was trained with (image_mean / image_std in the config)."""
-    defaults = Preprocessing(image_size=model_config["image_size"])
     return Preprocessing(
-        image_size=defaults.image_size,
-        mean=tuple(model_config.get("image_mean", defaults.mean)),
-        std=tuple(model_config.get("image_std", defaults.std)),
+        image_size=model_config.image_size,
+        mean=tuple(model_config.image_mean),
+        std=tuple(model_config.image_std),
     )
 
 

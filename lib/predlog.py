@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -30,13 +29,6 @@ CREATE TABLE IF NOT EXISTS predictions (
 );
 CREATE INDEX IF NOT EXISTS predictions_model_ts ON predictions (model, ts);
 """
-
-
-def default_path() -> str:
-    """PREDICTION_LOG, else var/predictions.db in the repository: where serving writes and
-    MonitorFlow reads unless told otherwise."""
-    repository = Path(__file__).resolve().parents[1]
-    return os.environ.get("PREDICTION_LOG", str(repository / "var" / "predictions.db"))
 
 
 class PredictionLog:

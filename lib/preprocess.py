@@ -27,8 +27,8 @@ PREPROCESSOR_FILE = "preprocessor_config.json"
 @dataclass(frozen=True)
 class Preprocessing:
     image_size: int
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
 
     def to_hf_json(self) -> str:
         """Hugging Face's preprocessor_config.json for this pipeline, so an exported model

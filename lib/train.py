@@ -1,26 +1,27 @@
 """One readable Accelerate training loop, in the shape of Hugging Face's
-run_image_classification_no_trainer.py, over the uint8 cache that lib.data prepares."""
+run_image_classification_no_trainer.py, over the uint8 cache that lib.prepare writes."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from lib.config import RunConfig, TrainConfig
 from lib.datasets import CachedSplit
 from lib.model import build_model, preprocessing_of
-from lib.preprocess import to_model_input
+from lib.preprocess import Preprocessing, to_model_input
+from lib.settings import FlowSettings
 from lib.storage import CheckpointPlace
 
 
@@ -31,7 +32,6 @@ class TrainResult:
     steps: int = 0
     resumed_from_step: int = 0  # 0 for a fresh start
     world_size: int = 1  # training processes
-    weight_digests: list[str] = field(default_factory=list)  # per rank; all equal under DDP
 
 
 class Progress:
@@ -89,32 +89,177 @@ def augment(
     return x
 
 
-def _tracker(train_config: dict[str, Any]) -> str | None:
-    if not train_config.get("wandb", True):
+def _tracker(train_config: TrainConfig) -> str | None:
+    if not train_config.wandb:
         return None
     # Offline unless the user configured W&B: never block a run on an unreachable server.
-    if not os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
-        os.environ["WANDB_MODE"] = "offline"
+    settings = FlowSettings()
+    if settings.WANDB_API_KEY is None and settings.WANDB_MODE is None:
+        os.environ["WANDB_MODE"] = "offline"  # for wandb, which reads its own variables
     return "wandb"
 
 
-def train_loader(dataset: dict[str, Any], cfg: dict[str, Any], pin_memory: bool) -> DataLoader:
+def train_loader(dataset: dict[str, Any], cfg: TrainConfig, pin_memory: bool) -> DataLoader:
     """Shuffled batches of the training split's uint8 images, read from the memory-mapped
     shards by `num_workers` processes; pinned memory makes the copy to a GPU asynchronous.
     Normalisation and augmentation happen on the device, on whole batches."""
     return DataLoader(
         CachedSplit(dataset["cache_dir"], "train"),
-        batch_size=cfg["batch_size"],
+        batch_size=cfg.batch_size,
         shuffle=True,
         drop_last=True,
-        num_workers=cfg["num_workers"],
-        persistent_workers=cfg["num_workers"] > 0,
+        num_workers=cfg.num_workers,
+        persistent_workers=cfg.num_workers > 0,
         pin_memory=pin_memory,
     )
 
 
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    on_cuda = torch.cuda.is_available()
+    return Accelerator(
+        cpu=not on_cuda,  # several processes without CUDA: gloo (accelerate wants it said)
+        mixed_precision="bf16" if on_cuda else "no",  # CPU bf16: see docs/results.md
+        dynamo_backend="inductor" if cfg.compile else "no",  # torch.compile
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        log_with=_tracker(cfg),
+        # Each epoch's order depends on (seed, epoch) alone, so a resumed run can skip to
+        # the exact batch where the checkpoint was taken.
+        # non_blocking: batches from pinned memory are copied while the previous step runs.
+        dataloader_config=DataLoaderConfiguration(
+            use_seedable_sampler=True, data_seed=cfg.seed, non_blocking=on_cuda
+        ),
+    )
+
+
+def optimizer_and_schedule(
+    model: torch.nn.Module, batches_per_epoch: int, cfg: TrainConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW with a cosine schedule after a linear warmup. The schedule counts steps of one
+    process over the whole loader: accelerate steps a prepared scheduler once per process at
+    each optimizer step."""
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, cfg.weight_decay),
+        lr=cfg.learning_rate,
+        fused=torch.cuda.is_available(),
+    )
+    schedule_steps = cfg.epochs * math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps)
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, int(cfg.warmup_ratio * schedule_steps), schedule_steps
+    )
+    return optimizer, scheduler
+
+
+def restore(accelerator: Accelerator, progress: Progress, places: Sequence[CheckpointPlace]) -> int:
+    """Load the newest checkpoint of the first place that has one; the step it was taken at
+    (0 when there is none). On a fresh machine latest() downloads the mirrored checkpoint:
+    once per machine, after which the other processes find it on disk."""
+    with accelerator.local_main_process_first():
+        checkpoint = next(filter(None, (place.latest() for place in places)), None)
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        accelerator.print(f"resuming from {checkpoint} (step {progress.step})")
+    return progress.step
+
+
+def weighted_loss(dataset: dict[str, Any], max_weight: float, device) -> torch.nn.Module:
+    rates = [dataset["positive_rates"]["train"][a] for a in dataset["attributes"]]
+    return torch.nn.BCEWithLogitsLoss(pos_weight=positive_weights(rates, max_weight).to(device))
+
+
+def epochs_of_batches(
+    accelerator: Accelerator, loader: DataLoader, first_step: int, steps_per_epoch: int, epochs: int
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(epoch, pixels, labels) from the batch after optimizer step `first_step` to the end."""
+    accumulation = accelerator.gradient_accumulation_steps
+    first_epoch, steps_into_epoch = divmod(first_step, steps_per_epoch)
+    for epoch in range(first_epoch, epochs):
+        loader.set_epoch(epoch)
+        batches = loader
+        if epoch == first_epoch and steps_into_epoch:
+            batches = accelerator.skip_first_batches(loader, steps_into_epoch * accumulation)
+        for pixels, labels in batches:
+            yield epoch, pixels, labels
+
+
+class Meter:
+    """Loss and throughput over the batches since the last logged record."""
+
+    def __init__(self):
+        self.started = self.window_start = time.perf_counter()
+        self.seen, self.losses = 0, []
+
+    def add(self, images: int, loss: torch.Tensor) -> None:
+        self.seen += images
+        self.losses.append(loss.detach())
+
+    def record(self, accelerator: Accelerator, step: int, epoch: int, lr: float) -> dict:
+        now = time.perf_counter()
+        record = {
+            "step": step,
+            "epoch": epoch + 1,
+            "loss": float(accelerator.gather(torch.stack(self.losses).mean()).mean()),
+            "lr": lr,
+            "images_per_second": self.seen * accelerator.num_processes / (now - self.window_start),
+            "elapsed_seconds": now - self.started,
+        }
+        self.seen, self.losses, self.window_start = 0, [], time.perf_counter()
+        return record
+
+
+@dataclass
+class Training:
+    """What the loop works with, prepared by Accelerate for this process."""
+
+    accelerator: Accelerator
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loader: DataLoader
+    loss_fn: torch.nn.Module
+    preprocessing: Preprocessing
+    progress: Progress
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one pass over this process's share of the data."""
+        return math.ceil(len(self.loader) / self.accelerator.gradient_accumulation_steps)
+
+    def learn(self, pixels: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+        """Forward and backward on one batch; the optimizer steps when gradients are synced
+        (every gradient_accumulation_steps batches). Returns the batch's loss."""
+        with self.accelerator.accumulate(self.model):
+            x = to_model_input(pixels, self.preprocessing)
+            x = augment(x, self.progress.augment_rng, cfg.max_shift, cfg.flip_probability)
+            loss = self.loss_fn(self.model(pixel_values=x).logits.float(), labels)
+            self.accelerator.backward(loss)
+            if self.accelerator.sync_gradients:
+                self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad()
+        return loss
+
+
+def prepare_training(config: RunConfig, dataset: dict[str, Any]) -> Training:
+    """A freshly initialised model (seeded), its data, optimizer and loss, through Accelerate."""
+    cfg = config.train
+    accelerator = make_accelerator(cfg)
+    set_seed(cfg.seed)
+    model = build_model(config.model, dataset["attributes"])
+    loader = train_loader(dataset, cfg, pin_memory=torch.cuda.is_available())
+    optimizer, scheduler = optimizer_and_schedule(model, len(loader), cfg)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    progress = Progress(augment_seed=cfg.seed + 1)
+    accelerator.register_for_checkpointing(progress)
+    loss_fn = weighted_loss(dataset, cfg.pos_weight_max, accelerator.device)
+    preprocessing = preprocessing_of(config.model)
+    return Training(
+        accelerator, model, optimizer, scheduler, loader, loss_fn, preprocessing, progress
+    )
+
+
 def train(
-    config: dict[str, Any],
+    config: RunConfig,
     dataset: dict[str, Any],
     checkpoints: CheckpointPlace,
     resume_from: Sequence[CheckpointPlace] = (),
@@ -128,134 +273,42 @@ def train(
     If a place in `resume_from` holds a checkpoint, training continues from the newest one
     of the first such place, with the same weights, optimizer and scheduler state, RNGs and
     position in the data, so the result matches an uninterrupted run."""
-    cfg = config["train"]
-    on_cuda = torch.cuda.is_available()
-    accelerator = Accelerator(
-        cpu=not on_cuda,  # several processes without CUDA: gloo (accelerate wants it said)
-        mixed_precision="bf16" if on_cuda else "no",  # on CPU bf16 measured 2x slower here
-        dynamo_backend="inductor" if cfg.get("compile", False) else "no",  # torch.compile
-        gradient_accumulation_steps=cfg["gradient_accumulation_steps"],
-        log_with=_tracker(cfg),
-        # Each epoch's order depends on (seed, epoch) alone, so a resumed run can skip to
-        # the exact batch where the checkpoint was taken.
-        # non_blocking: batches from pinned memory are copied while the previous step runs.
-        dataloader_config=DataLoaderConfiguration(
-            use_seedable_sampler=True, data_seed=cfg["seed"], non_blocking=on_cuda
-        ),
+    cfg, run = config.train, prepare_training(config, dataset)
+    accelerator, progress = run.accelerator, run.progress
+    resumed_from_step = restore(accelerator, progress, resume_from)
+    accelerator.init_trackers(config.project, config=_flat(config.model_dump()))
+    total_steps = cfg.epochs * run.steps_per_epoch
+    meter = Meter()
+    main = accelerator.is_local_main_process
+    bar = tqdm(total=total_steps, initial=progress.step, disable=not main, mininterval=5)
+    run.model.train()
+    batches = epochs_of_batches(
+        accelerator, run.loader, progress.step, run.steps_per_epoch, cfg.epochs
     )
-    set_seed(cfg["seed"])
-    preprocessing = preprocessing_of(config["model"])
-    model = build_model(config["model"], dataset["attributes"])
-    loader = train_loader(dataset, cfg, pin_memory=on_cuda)
-    optimizer = torch.optim.AdamW(
-        parameter_groups(model, cfg["weight_decay"]), lr=cfg["learning_rate"], fused=on_cuda
-    )
-    accumulation = cfg["gradient_accumulation_steps"]
-    # The schedule counts steps of one process over the whole loader: accelerate steps a
-    # prepared scheduler once per process at each optimizer step.
-    schedule_steps = cfg["epochs"] * math.ceil(len(loader) / accumulation)
-    scheduler = get_cosine_schedule_with_warmup(
-        optimizer, int(cfg["warmup_ratio"] * schedule_steps), schedule_steps
-    )
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    steps_per_epoch = math.ceil(len(loader) / accumulation)  # this process's share of the data
-    total_steps = cfg["epochs"] * steps_per_epoch
-    progress = Progress(augment_seed=cfg["seed"] + 1)
-    accelerator.register_for_checkpointing(progress)
-    # On a fresh machine latest() downloads the mirrored checkpoint: once per machine, after
-    # which the other processes find it on disk.
-    with accelerator.local_main_process_first():
-        checkpoint = next(filter(None, (place.latest() for place in resume_from)), None)
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        accelerator.print(f"resuming from {checkpoint} (step {progress.step})")
-    resumed_from_step = progress.step
-
-    rates = [dataset["positive_rates"]["train"][a] for a in dataset["attributes"]]
-    loss_fn = torch.nn.BCEWithLogitsLoss(
-        pos_weight=positive_weights(rates, cfg["pos_weight_max"]).to(accelerator.device)
-    )
-    accelerator.init_trackers(config.get("project", "facet"), config=_flat(config))
-
-    seen, window_loss, window_start = 0, [], time.perf_counter()
-    started = window_start
-    bar = tqdm(
-        total=total_steps,
-        initial=progress.step,
-        disable=not accelerator.is_local_main_process,
-        mininterval=5,
-    )
-    model.train()
-    first_epoch, steps_into_epoch = divmod(progress.step, steps_per_epoch)
-    for epoch in range(first_epoch, cfg["epochs"]):
-        loader.set_epoch(epoch)
-        batches = loader
-        if epoch == first_epoch and steps_into_epoch:
-            batches = accelerator.skip_first_batches(loader, steps_into_epoch * accumulation)
-        for pixels, labels in batches:
-            with accelerator.accumulate(model):
-                x = augment(
-                    to_model_input(pixels, preprocessing),
-                    progress.augment_rng,
-                    cfg["max_shift"],
-                    cfg.get("flip_probability", 0.5),
-                )
-                logits = model(pixel_values=x).logits
-                loss = loss_fn(logits.float(), labels)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg["max_grad_norm"])
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            seen += pixels.shape[0]
-            window_loss.append(loss.detach())
-            if not accelerator.sync_gradients:
-                continue
-            progress.step += 1
-            step = progress.step
-            bar.update(1)
-            if step % cfg["log_every"] == 0 or step == total_steps:
-                now = time.perf_counter()
-                record = {
-                    "step": step,
-                    "epoch": epoch + 1,
-                    "loss": float(accelerator.gather(torch.stack(window_loss).mean()).mean()),
-                    "lr": scheduler.get_last_lr()[0],
-                    "images_per_second": seen * accelerator.num_processes / (now - window_start),
-                    "elapsed_seconds": now - started,
-                }
-                progress.history.append(record)
-                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
-                bar.set_postfix(loss=f"{record['loss']:.4f}")
-                if on_log and accelerator.is_main_process:
-                    on_log({**record, "total_steps": total_steps})
-                seen, window_loss, window_start = 0, [], time.perf_counter()
-            if step % cfg["checkpoint_every"] == 0:
-                checkpoints.save(accelerator, step, cfg["keep_checkpoints"])
-            if on_step:
-                on_step(step)
+    for epoch, pixels, labels in batches:
+        meter.add(pixels.shape[0], run.learn(pixels, labels, cfg))
+        if not accelerator.sync_gradients:
+            continue
+        progress.step += 1
+        step = progress.step
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == total_steps:
+            record = meter.record(accelerator, step, epoch, run.scheduler.get_last_lr()[0])
+            progress.history.append(record)
+            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+            if on_log and accelerator.is_main_process:
+                on_log({**record, "total_steps": total_steps})
+        if step % cfg.checkpoint_every == 0:
+            checkpoints.save(accelerator, step, cfg.keep_checkpoints)
+        if on_step:
+            on_step(step)
     bar.close()
-    model = accelerator.unwrap_model(model)
-    digests = gather_object([weight_digest(model)])  # before end_training ends the group
+    model = accelerator.unwrap_model(run.model)
     accelerator.end_training()
     return TrainResult(
-        model=model,
-        history=progress.history,
-        steps=progress.step,
-        resumed_from_step=resumed_from_step,
-        world_size=accelerator.num_processes,
-        weight_digests=digests,
+        model, progress.history, progress.step, resumed_from_step, accelerator.num_processes
     )
-
-
-def weight_digest(model: torch.nn.Module) -> str:
-    """sha256 of every parameter's bytes: equal digests mean bit-identical replicas."""
-    digest = hashlib.sha256()
-    for name, parameter in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(parameter.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,7 +1,5 @@
-"""gunicorn settings for facet, from the environment:
-
-    PORT (8000), WEB_CONCURRENCY (workers, 2), GUNICORN_THREADS (request threads per worker, 1),
-    TORCH_THREADS (default: cores // (workers x threads), at least 1)
+"""gunicorn settings for facet, from the environment (lib.settings.ServingSettings: HOST,
+PORT, WEB_CONCURRENCY, GUNICORN_THREADS, TORCH_THREADS, PROMETHEUS_MULTIPROC_DIR).
 
 No preload: each worker imports torch and loads the model after the fork (torch's thread
 pools do not survive a fork). Torch threads are capped so that workers x threads never
@@ -12,29 +10,33 @@ import os
 import shutil
 import tempfile
 
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "1"))
+from lib.settings import ServingSettings
+
+settings = ServingSettings()
+workers, threads = settings.WEB_CONCURRENCY, settings.GUNICORN_THREADS
 # With one request thread, the sync worker: it accepts a connection only when free, so load
-# spreads over the workers (a gthread worker queues connections it cannot serve yet, and p99
-# measured twice as long). Sync workers do not keep connections alive: put a proxy in front.
+# spreads over the workers (a gthread worker queues connections it cannot serve yet, which
+# raised p99 in bench/serve_bench.py: docs/results.md). Sync workers do not keep connections
+# alive: put a proxy in front.
 worker_class = "sync" if threads == 1 else "gthread"
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
+bind = f"{settings.HOST}:{settings.PORT}"
 wsgi_app = "serving:create_app()"
 timeout = 120
 graceful_timeout = 30
 accesslog = "-"
 
-os.environ.setdefault("TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // (workers * threads))))
+# The workers read these from the environment they inherit.
+if not settings.TORCH_THREADS:
+    os.environ["TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // (workers * threads)))
 # Prometheus multiprocess mode: set before any worker imports prometheus_client.
 # (An empty value would make prometheus_client write its files into the working directory.)
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="facet-metrics-")
+metrics_folder = settings.PROMETHEUS_MULTIPROC_DIR or tempfile.mkdtemp(prefix="facet-metrics-")
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_folder
 
 
 def on_starting(server):
-    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
+    shutil.rmtree(metrics_folder, ignore_errors=True)
+    os.makedirs(metrics_folder)
 
 
 def child_exit(server, worker):

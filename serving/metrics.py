@@ -7,10 +7,9 @@ that reaches any worker sees the whole service.
 
 from __future__ import annotations
 
-import os
 import time
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -60,7 +59,7 @@ def register(app: Flask) -> None:
 
 
 def exposition() -> Response:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if current_app.config["PROMETHEUS_MULTIPROC_DIR"]:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     else:

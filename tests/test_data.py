@@ -123,7 +123,7 @@ def test_training_and_serving_preprocessing_agree(small):
     manifest = prepare("test://small", small, image_size=32)
     train_set = CachedSplit(manifest["cache_dir"], "train")
     pixels, _ = next(iter(torch.utils.data.DataLoader(train_set, batch_size=4)))
-    settings = Preprocessing(image_size=32)
+    settings = Preprocessing(image_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     training_input = to_model_input(pixels, settings)
 
     served = []

@@ -5,21 +5,25 @@ import json
 import re
 
 import numpy as np
+import pytest
 import torch
 from helpers import run_flow
 from metaflow.cards import get_cards
 from transformers import AutoModelForImageClassification
 
+from lib.config import RunConfig
 from lib.datasets import CachedSplit
 from lib.evaluate import predict
 from lib.export import export
 from lib.model import load_model
 from lib.preprocess import to_model_input
 
+pytestmark = pytest.mark.flow
+
 
 def test_smoke_run_stores_every_artifact(smoke_run, smoke_config):
     data = smoke_run.data
-    assert data.config["model"] == smoke_config["model"]
+    assert data.config["model"] == {**RunConfig().model.model_dump(), **smoke_config["model"]}
 
     dataset = data.dataset
     assert dataset["source"] == "synthetic://?n=400&seed=0"

@@ -7,9 +7,12 @@ provides a plain google-cloud-storage client, anonymous when STORAGE_EMULATOR_HO
 import json
 import os
 
+import pytest
 from google.cloud import storage
 from helpers import FLOW, ROOT, run_python, use_gs_datastore
 from metaflow import Runner
+
+pytestmark = [pytest.mark.emulator, pytest.mark.flow]
 
 EXTENSION = ROOT / "tests" / "metaflow_ext"
 SYSROOT = "gs://facet/metaflow"

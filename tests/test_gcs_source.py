@@ -22,6 +22,8 @@ from lib.prepare import finish, plan, prepare, prepare_shard
 from lib.sources import resolve_source, shard_source
 from lib.storage import GCSFolder
 
+pytestmark = pytest.mark.emulator
+
 FAST_RETRY = DEFAULT_RETRY.with_delay(initial=0.01, maximum=0.1)
 
 

@@ -18,6 +18,8 @@ from helpers import ROOT, free_port
 from lib import synthetic
 from lib.predlog import PredictionLog
 
+pytestmark = [pytest.mark.gunicorn, pytest.mark.flow]
+
 REQUESTS = 300
 
 

@@ -2,6 +2,10 @@
 for every image; a short run here must beat the majority baseline, learn the attributes that
 are drawn, and stay at chance on those that are not."""
 
+import pytest
+
+pytestmark = pytest.mark.flow
+
 
 def test_a_short_run_learns_what_is_drawn_and_nothing_else(learned_run):
     metrics = learned_run.data.metrics  # helpers.learning_config(): ~30 s on 2 cores

@@ -2,10 +2,11 @@ import pytest
 import torch
 from transformers import ViTConfig, ViTForImageClassification
 
+from lib.config import ModelConfig
 from lib.model import build_model, load_model, model_to_files, preprocessing_of
 
 ATTRIBUTES = ["Bald", "Smiling", "Young"]
-TINY = {
+ARCHITECTURE = {
     "image_size": 16,
     "patch_size": 8,
     "hidden_size": 8,
@@ -13,6 +14,7 @@ TINY = {
     "num_attention_heads": 2,
     "intermediate_size": 16,
 }
+TINY = ModelConfig(**ARCHITECTURE)
 
 
 def test_scratch_model_is_multi_label_with_named_outputs():
@@ -25,19 +27,23 @@ def test_scratch_model_is_multi_label_with_named_outputs():
 def test_pretrained_checkpoint_from_a_local_folder_keeps_its_backbone(tmp_path):
     """The path real runs take with a hub name, exercised on a local checkpoint: a 10-class
     classifier becomes a 3-attribute multi-label one with the backbone weights intact."""
-    source = ViTForImageClassification(ViTConfig(**TINY, num_labels=10))
+    source = ViTForImageClassification(ViTConfig(**ARCHITECTURE, num_labels=10))
     source.save_pretrained(tmp_path / "checkpoint")
-    model = build_model({"pretrained": str(tmp_path / "checkpoint"), "image_size": 16}, ATTRIBUTES)
+    model = build_model(
+        ModelConfig(pretrained=str(tmp_path / "checkpoint"), image_size=16), ATTRIBUTES
+    )
     assert model.config.num_labels == 3 and model.config.id2label[2] == "Young"
     assert model.config.problem_type == "multi_label_classification"
     expected = source.vit.embeddings.patch_embeddings.projection.weight
     assert torch.equal(model.vit.embeddings.patch_embeddings.projection.weight, expected)
     with pytest.raises(ValueError, match="expects 16px inputs"):
-        build_model({"pretrained": str(tmp_path / "checkpoint"), "image_size": 224}, ATTRIBUTES)
+        build_model(
+            ModelConfig(pretrained=str(tmp_path / "checkpoint"), image_size=224), ATTRIBUTES
+        )
 
 
 def test_model_files_round_trip_with_their_preprocessing():
-    config = {**TINY, "image_mean": [0.4, 0.4, 0.4], "image_std": [0.2, 0.2, 0.2]}
+    config = TINY.model_copy(update={"image_mean": [0.4, 0.4, 0.4], "image_std": [0.2] * 3})
     model = build_model(config, ATTRIBUTES).eval()
     files = model_to_files(model, preprocessing_of(config))
     assert set(files) == {"config.json", "model.safetensors", "preprocessor_config.json"}

@@ -17,6 +17,8 @@ from lib.alerts import DRIFT_TAG
 from lib.drift import INSUFFICIENT, drifted_columns
 from serving import create_app
 
+pytestmark = pytest.mark.flow
+
 WINDOW = 200
 # (generator overrides, the column that must drift); faces drawn from new seeds.
 SCENARIOS = {

@@ -1,10 +1,13 @@
 """Remote steps (--with kubernetes / batch) run from Metaflow's code package: lib/ must be in it."""
 
-import json
 import os
 
 import pytest
 from helpers import ROOT, run_python
+
+from lib.config import load
+
+pytestmark = pytest.mark.flow
 
 LIB = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "lib").glob("*.py"))
 
@@ -28,7 +31,7 @@ CONFIGS = sorted((ROOT / "flows" / "configs").glob("*.json"))
 def test_every_config_validates(config):
     """`check` builds the decorators from the config (resources, retries, timeout) and
     validates the graph; a config with several nodes goes with the multi-node flow."""
-    nodes = json.loads(config.read_text())["train"].get("num_nodes", 1)
-    flow = ROOT / "flows" / ("train_multinode_flow.py" if nodes > 1 else "train_flow.py")
+    several = load(config).train.num_nodes > 1
+    flow = ROOT / "flows" / ("train_multinode_flow.py" if several else "train_flow.py")
     checked = run_python(flow, "--config", "config", config, "check")
     assert "The graph looks good!" in checked.stdout + checked.stderr

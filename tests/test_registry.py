@@ -1,9 +1,12 @@
 """The champion tag: earned by beating the baseline and the newest champion on the same data."""
 
+import pytest
 from helpers import run_flow
 from metaflow import Run
 
 from lib.registry import CHAMPION, current_champion, promote_if_better
+
+pytestmark = pytest.mark.flow
 
 
 def test_champion_is_earned_on_the_same_dataset(smoke_run, smoke_config):

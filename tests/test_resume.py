@@ -6,6 +6,8 @@ from safetensors.torch import load
 
 from lib.faults import ENV, InjectedFault, inject
 
+pytestmark = pytest.mark.flow
+
 
 def weights(run):
     return load(run.data.model["model.safetensors"])

@@ -7,11 +7,13 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from accelerate.utils import set_seed
 from helpers import MULTINODE_FLOW, SMOKE, run_flow, use_gs_datastore
 
 from lib import synthetic
+from lib.config import RunConfig
 from lib.datasets import CachedSplit
 from lib.distributed import run_training
 from lib.model import build_model, load_model
@@ -19,8 +21,10 @@ from lib.prepare import prepare
 from lib.registry import champion_pathspec, promote_if_better
 from lib.storage import checkpoint_place
 
+pytestmark = pytest.mark.flow
 
-def one_step_config(per_process_batch: int, processes: int) -> dict:
+
+def one_step_config(per_process_batch: int, processes: int, **train) -> RunConfig:
     """One optimizer step over the same global batch, nothing random but the init: no
     augmentation, no warmup, no dropout (the ViT config has none)."""
     config = json.loads(SMOKE.read_text())
@@ -36,8 +40,9 @@ def one_step_config(per_process_batch: int, processes: int) -> dict:
         checkpoint_every=1000,
         wandb=False,
         num_processes=processes,
+        **train,
     )
-    return config
+    return RunConfig.of(config)
 
 
 def test_two_processes_take_the_same_step_as_one(tmp_path):
@@ -51,12 +56,11 @@ def test_two_processes_take_the_same_step_as_one(tmp_path):
 
     assert (one.steps, two.steps) == (1, 1)
     assert (one.world_size, two.world_size) == (1, 2)
-    assert len(set(two.weight_digests)) == 1  # both ranks hold bit-identical weights
     ours, theirs = one.model.state_dict(), two.model.state_dict()
     for name, weight in ours.items():
         assert torch.allclose(weight, theirs[name], atol=1e-5), name
     set_seed(0)  # the initial weights both started from: the step moved them
-    initial = build_model(config["model"], dataset["attributes"]).state_dict()
+    initial = build_model(config.model, dataset["attributes"]).state_dict()
     assert not torch.allclose(initial["classifier.weight"], ours["classifier.weight"])
     assert [record["step"] for record in two.history] == [1]  # rank 0's log, relayed
 
@@ -66,8 +70,7 @@ def test_a_compiled_model_takes_the_same_step(tmp_path):
     dataset = prepare("compiled", root, image_size=32)
     batch = len(CachedSplit(dataset["cache_dir"], "train"))
     eager = run_training(one_step_config(batch, 1), dataset, ("Test", "eager", None))
-    config = one_step_config(batch, 1)
-    config["train"]["compile"] = True
+    config = one_step_config(batch, 1, compile=True)
     compiled = run_training(config, dataset, ("Test", "compiled", None))
     for name, weight in eager.model.state_dict().items():
         assert torch.allclose(weight, compiled.model.state_dict()[name], atol=1e-4), name
@@ -109,16 +112,17 @@ def test_one_node_flow_refuses_several_nodes(smoke_config):
     assert "train_multinode_flow.py" in run["train"].task.stderr
 
 
+@pytest.mark.emulator
 def test_processes_on_a_fresh_machine_resume_from_the_mirror(gcs, tmp_path, monkeypatch):
     """A retry on a new pod: the checkpoint is only in gs://. It is downloaded once per
     machine (the local main process first), and every process continues from it."""
     use_gs_datastore(monkeypatch, "gs://facet/metaflow")
     root = synthetic.generate(tmp_path / "data", synthetic.make_spec(48, seed=5))
     dataset = prepare("mirror", root, image_size=32)
-    config = one_step_config(4, 2)
-    config["train"].update(epochs=2, checkpoint_every=2)
+    config = one_step_config(4, 2, epochs=2, checkpoint_every=2)
     first = run_training(config, dataset, ("Test", "pod", None))
     shutil.rmtree(checkpoint_place("Test", "pod").folder)  # the new machine has no checkpoints
     again = run_training(config, dataset, ("Test", "pod", None))
     assert (again.resumed_from_step, again.world_size) == (first.steps, 2)
-    assert again.weight_digests == first.weight_digests == [first.weight_digests[0]] * 2
+    for name, weight in first.model.state_dict().items():  # no step taken after the resume
+        assert torch.equal(weight, again.model.state_dict()[name]), name

@@ -17,6 +17,8 @@ from lib.prepare import prepare
 from lib.registry import CHAMPION
 from serving import create_app
 
+pytestmark = pytest.mark.flow
+
 
 def make_app(tmp_path, **overrides):
     settings = {"PREDICTION_LOG": str(tmp_path / "predictions.db"), "MAX_BATCH": 4}

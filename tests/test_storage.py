@@ -33,6 +33,7 @@ def test_local_place_finds_the_newest_checkpoint(tmp_path):
     assert place.latest().name == "step_00000012"
 
 
+@pytest.mark.emulator
 def test_mirror_pushes_prunes_and_pulls_the_newest(gcs, tmp_path):
     mirror = GCSMirror("gs://facet/prefix/_checkpoints/TrainFlow/1")
     for step in (4, 8, 12):
@@ -48,6 +49,7 @@ def test_mirror_pushes_prunes_and_pulls_the_newest(gcs, tmp_path):
     assert not (pulled / COMPLETE).exists()
 
 
+@pytest.mark.emulator
 def test_mirror_ignores_an_upload_that_never_completed(gcs, tmp_path):
     mirror = GCSMirror("gs://facet/runs/2")
     mirror.push(make_checkpoint(tmp_path, 4, b"good"), keep=3)
@@ -55,6 +57,7 @@ def test_mirror_ignores_an_upload_that_never_completed(gcs, tmp_path):
     assert mirror.pull_latest(tmp_path / "fresh").name == "step_00000004"
 
 
+@pytest.mark.emulator
 def test_a_gs_datastore_mirrors_checkpoints_under_its_root(gcs, tmp_path, monkeypatch):
     use_gs_datastore(monkeypatch, "gs://facet/metaflow")
     place = checkpoint_place("TrainFlow", "7")
@@ -70,6 +73,7 @@ def test_a_gs_datastore_mirrors_checkpoints_under_its_root(gcs, tmp_path, monkey
         GCSMirror("s3://bucket/x")
 
 
+@pytest.mark.emulator
 def test_a_gs_folder_publishes_lists_and_fetches_named_files(gcs, tmp_path):
     written = folder_at("gs://facet/cache/key/", copy=tmp_path / "written")
     assert isinstance(written, GCSFolder) and written.uri == "gs://facet/cache/key"

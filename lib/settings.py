@@ -1,0 +1,123 @@
+"""Every environment variable facet reads, in one place: `FlowSettings` for the flows' steps,
+`ServingSettings` for the service and its gunicorn configuration. Nothing else in facet reads
+`os.environ`. A malformed value (PORT=eighty) stops the program naming the variable.
+
+    python -m lib.settings            # the README's table of variables, generated from here
+    python -m lib.settings README.md  # the same, written into the README between its markers
+
+Variables that the libraries read themselves (Metaflow's, Google's, W&B's) are listed in
+LIBRARY_VARIABLES for the table; facet passes them through untouched.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+class _Environment(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
+
+    PREDICTION_LOG: str = Field(
+        str(REPOSITORY / "var" / "predictions.db"),
+        description="the SQLite prediction log serving writes and MonitorFlow reads",
+    )
+
+
+class FlowSettings(_Environment):
+    """Read by the steps of TrainFlow, TrainMultiNodeFlow and MonitorFlow."""
+
+    FACET_CACHE: str = Field(
+        "",
+        description="where prepared datasets are kept: a folder, or a gs:// prefix shared by "
+        "every machine (default ~/.cache/facet)",
+    )
+    ALERT_WEBHOOK_URL: str = Field(
+        "", description="MonitorFlow POSTs a JSON summary here when it finds drift"
+    )
+    WANDB_API_KEY: SecretStr | None = Field(
+        None, description="W&B key; without it (and without WANDB_MODE) runs log offline"
+    )
+    WANDB_MODE: str | None = Field(None, description="W&B's own mode (online, offline, ...)")
+    FACET_FAULT: str = Field(
+        "", description="fault injection for tests and demos, e.g. train@6:kill (lib.faults)"
+    )
+
+
+class ServingSettings(_Environment):
+    """Read by serving/ (the app factory) and serving/gunicorn.conf.py."""
+
+    MODEL_RUN: str | None = Field(None, description="serve this run (default: the champion)")
+    MODEL_DIR: str | None = Field(None, description="serve a folder written by lib.export")
+    PRECISION: Literal["fp32", "bf16", "int8"] = Field(
+        "fp32", description="inference precision: fp32, bf16 or int8 (dynamic quantisation)"
+    )
+    PREDICTION_LOG_MAX_AGE_HOURS: float | None = Field(
+        None, description="delete logged rows older than this (default: keep)"
+    )
+    PREDICTION_LOG_MAX_ROWS: int | None = Field(
+        None, description="keep at most this many logged rows (default: all)"
+    )
+    PREDICTION_LOG_PRUNE_EVERY: int = Field(1000, gt=0, description="appends between prunes")
+    MAX_BATCH: int = Field(32, gt=0, description="images per request at most")
+    MAX_UPLOAD_MB: int = Field(32, gt=0, description="request body size limit")
+    MAX_IMAGE_PIXELS: int = Field(40_000_000, gt=0, description="pixels per image at most")
+    TORCH_THREADS: int = Field(
+        0, ge=0, description="torch threads per worker (gunicorn: cores / workers x threads)"
+    )
+    HOST: str = Field("0.0.0.0", description="address gunicorn binds")
+    PORT: int = Field(8000, gt=0, description="port gunicorn binds (Cloud Run sets it)")
+    WEB_CONCURRENCY: int = Field(2, gt=0, description="gunicorn worker processes")
+    GUNICORN_THREADS: int = Field(1, gt=0, description="request threads per worker")
+    PROMETHEUS_MULTIPROC_DIR: str = Field(
+        "", description="folder for multi-process metrics (gunicorn makes a fresh one)"
+    )
+
+    def flask_config(self) -> dict[str, Any]:
+        """The app's config: every setting by name, and Flask's own upload limit."""
+        return {**self.model_dump(), "MAX_CONTENT_LENGTH": self.MAX_UPLOAD_MB * 1024 * 1024}
+
+
+LIBRARY_VARIABLES = {
+    "METAFLOW_DEFAULT_DATASTORE": "Metaflow: local or gs (checkpoints are mirrored to gs too)",
+    "METAFLOW_DATASTORE_SYSROOT_LOCAL": "Metaflow: the local datastore's folder",
+    "METAFLOW_DATASTORE_SYSROOT_GS": "Metaflow: the GCS datastore's gs:// root",
+    "METAFLOW_USER": "Metaflow: the user runs are recorded under (the Makefile sets one)",
+    "GOOGLE_APPLICATION_CREDENTIALS": "google-cloud-storage: a service account key file",
+    "STORAGE_EMULATOR_HOST": "google-cloud-storage: an emulator's address (the tests use one)",
+}
+
+
+def markdown_table() -> str:
+    """The README's table of environment variables."""
+    rows = ["| variable | read by | default | meaning |", "|---|---|---|---|"]
+    seen = set()
+    for program, settings in (("flows", FlowSettings), ("serving", ServingSettings)):
+        for name, field in settings.model_fields.items():
+            if name in seen:
+                continue
+            seen.add(name)
+            shared = name in _Environment.model_fields
+            value = str(field.default).replace(f"{REPOSITORY}/", "")
+            default = "" if field.default in (None, "") else f"`{value}`"
+            readers = "flows, serving" if shared else program
+            rows.append(f"| `{name}` | {readers} | {default} | {field.description} |")
+    for name, meaning in LIBRARY_VARIABLES.items():
+        library, _, what = meaning.partition(": ")
+        rows.append(f"| `{name}` | {library} | | {what} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    from lib.config import write_table
+
+    if len(sys.argv) > 1:
+        write_table(Path(sys.argv[1]), "env-table", markdown_table())
+    else:
+        sys.stdout.write(markdown_table() + "\n")
