@@ -86,6 +86,16 @@ class CelebAIndex:
     split: np.ndarray  # (n,) int8, values of SPLITS
 
 
+def _refuse_paths(label_file: Path, files: list[str]) -> None:
+    """Image names are file names inside the image folder: one with a separator or `..` (an
+    absolute name has one) would read, or from a bucket write, a file elsewhere."""
+    unsafe = [name for name in files if name in ("", ".", "..") or set(name) & {"/", "\\"}]
+    if unsafe:
+        raise ValueError(
+            f"{label_file}: image names must be file names in the image folder, got {unsafe[:5]}"
+        )
+
+
 def _require(path: Path, what: str) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"CelebA {what} not found: {path}")
@@ -217,6 +227,7 @@ def read_celeba(root: str | Path) -> CelebAIndex:
         label_files = [root / ATTRIBUTE_FILE, root / PARTITION_FILE]
         attributes, files, labels = read_attribute_file(_require(label_files[0], "attribute file"))
         partition = read_partition_file(_require(label_files[1], "partition file"))
+    _refuse_paths(label_files[0], files)
     unsplit = [name for name in files if name not in partition]
     if unsplit:
         raise ValueError(

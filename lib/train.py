@@ -3,16 +3,20 @@ run_image_classification_no_trainer.py, over the uint8 cache that lib.prepare wr
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -22,7 +26,7 @@ from lib.datasets import CachedSplit
 from lib.model import build_model, preprocessing_of
 from lib.preprocess import Preprocessing, to_model_input
 from lib.settings import FlowSettings
-from lib.storage import CheckpointPlace
+from lib.storage import CheckpointPlace, usable_checkpoint
 
 
 @dataclass
@@ -36,23 +40,26 @@ class TrainResult:
 
 class Progress:
     """What a checkpoint needs beyond model, optimizer, scheduler and the global RNGs (which
-    accelerate saves itself): the step count, the curve so far and the augmentation RNG."""
+    accelerate saves itself): the step count, the curve so far and the augmentation RNG. Kept
+    in one safetensors file, the RNG as a tensor and the rest as JSON in its metadata, so that
+    restoring it unpickles nothing."""
+
+    FILE = "progress.safetensors"
 
     def __init__(self, augment_seed: int):
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.augment_rng = torch.Generator().manual_seed(augment_seed)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "history": self.history,
-            "augment_rng": self.augment_rng.get_state(),
-        }
+    def save(self, folder: Path) -> None:
+        metadata = {"step": str(self.step), "history": json.dumps(self.history)}
+        save_file({"augment_rng": self.augment_rng.get_state()}, folder / self.FILE, metadata)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step, self.history = state["step"], state["history"]
-        self.augment_rng.set_state(state["augment_rng"])
+    def load(self, folder: Path) -> None:
+        with safe_open(folder / self.FILE, framework="pt") as stored:
+            metadata, rng = stored.metadata(), stored.get_tensor("augment_rng")
+        self.step, self.history = int(metadata["step"]), json.loads(metadata["history"])
+        self.augment_rng.set_state(rng)
 
 
 def positive_weights(train_rates: list[float], max_weight: float) -> torch.Tensor:
@@ -150,13 +157,17 @@ def optimizer_and_schedule(
 
 
 def restore(accelerator: Accelerator, progress: Progress, places: Sequence[CheckpointPlace]) -> int:
-    """Load the newest checkpoint of the first place that has one; the step it was taken at
-    (0 when there is none). On a fresh machine latest() downloads the mirrored checkpoint:
-    once per machine, after which the other processes find it on disk."""
+    """Load the newest intact checkpoint of the first place that has one; the step it was
+    taken at (0 when there is none). On a fresh machine the mirrored checkpoint is downloaded
+    once per machine, after which the other processes find it on disk. Nothing is unpickled:
+    the checkpoint's pickles are checked to hold only tensors and plain data, which
+    accelerate's load_state then reads with weights_only=True (no custom objects are
+    registered with it: those it would unpickle in full), and Progress is safetensors."""
     with accelerator.local_main_process_first():
-        checkpoint = next(filter(None, (place.latest() for place in places)), None)
+        checkpoint = usable_checkpoint(places, say=accelerator.print)
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
+        progress.load(checkpoint)
         accelerator.print(f"resuming from {checkpoint} (step {progress.step})")
     return progress.step
 
@@ -250,7 +261,6 @@ def prepare_training(config: RunConfig, dataset: dict[str, Any]) -> Training:
     optimizer, scheduler = optimizer_and_schedule(model, len(loader), cfg)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     progress = Progress(augment_seed=cfg.seed + 1)
-    accelerator.register_for_checkpointing(progress)
     loss_fn = weighted_loss(dataset, cfg.pos_weight_max, accelerator.device)
     preprocessing = preprocessing_of(config.model)
     return Training(
@@ -300,7 +310,7 @@ def train(
             if on_log and accelerator.is_main_process:
                 on_log({**record, "total_steps": total_steps})
         if step % cfg.checkpoint_every == 0:
-            checkpoints.save(accelerator, step, cfg.keep_checkpoints)
+            checkpoints.save(accelerator, step, cfg.keep_checkpoints, progress)
         if on_step:
             on_step(step)
     bar.close()

@@ -115,3 +115,22 @@ def test_kaggle_layout_without_its_nested_image_folder_names_the_path(tmp_path):
     (tmp_path / "list_attr_celeba.csv").write_text("image_id,Bald\n")
     with pytest.raises(FileNotFoundError, match="img_align_celeba/img_align_celeba"):
         read_celeba(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "name", ["../x.jpg", "/etc/passwd", "sub/../../x.jpg", "..", "a\\..\\x.jpg"]
+)
+def test_image_names_never_leave_the_image_folder(tmp_path, name):
+    attr = f"2\nBald\nimage_1.jpg 1\n{name} -1\n"
+    root = write_celeba(tmp_path, attr, f"image_1.jpg 0\n{name} 1\n")
+    with pytest.raises(ValueError, match="must be file names in the image folder") as refused:
+        read_celeba(root)
+    assert repr(name) in str(refused.value)
+
+
+def test_kaggle_image_names_never_leave_the_image_folder(tmp_path):
+    (tmp_path / "img_align_celeba" / "img_align_celeba").mkdir(parents=True)
+    (tmp_path / "list_attr_celeba.csv").write_text("image_id,Bald\n../../x.jpg,1\n")
+    (tmp_path / "list_eval_partition.csv").write_text("image_id,partition\n../../x.jpg,0\n")
+    with pytest.raises(ValueError, match=r"list_attr_celeba\.csv.*'\.\./\.\./x\.jpg'"):
+        read_celeba(tmp_path)

@@ -5,6 +5,8 @@ import http.client
 import json
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -20,7 +22,7 @@ from lib.celeba import image_location
 from lib.datasets import CachedSplit, PreparedImages
 from lib.prepare import finish, plan, prepare, prepare_shard
 from lib.sources import resolve_source, shard_source
-from lib.storage import GCSFolder
+from lib.storage import GCSFolder, GCSMirror
 
 pytestmark = pytest.mark.emulator
 
@@ -34,21 +36,25 @@ def upload(folder, uri):
 
 class FlakyProxy(ThreadingHTTPServer):
     """A real HTTP server in front of the emulator that answers 503 to the first `failures`
-    object downloads and forwards everything else. Listings carry each object's mediaLink,
-    which names the emulator, so the proxy rewrites it to itself."""
+    requests whose path contains `failing` (object downloads by default; uploads with
+    "uploadType=") and forwards everything else. Listings carry each object's mediaLink,
+    which names the emulator, so the proxy rewrites it to itself; `rewrites` are replaced in
+    every answer too (an object name the emulator would refuse to store)."""
 
-    def __init__(self, target: str, failures: int):
+    def __init__(self, target: str, failures: int, failing: str = "alt=media", rewrites=()):
         self.target, self.remaining, self.failed = target, failures, 0
+        self.failing = failing
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", free_port()), _Forward)
         self.address = f"127.0.0.1:{self.server_port}"
+        self.rewrites = [(target.encode(), self.address.encode()), *rewrites]
 
 
 class _Forward(BaseHTTPRequestHandler):
     def _handle(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
         with self.server.lock:
-            fail = "alt=media" in self.path and self.server.remaining > 0
+            fail = self.server.failing in self.path and self.server.remaining > 0
             if fail:
                 self.server.remaining -= 1
                 self.server.failed += 1
@@ -61,7 +67,9 @@ class _Forward(BaseHTTPRequestHandler):
         headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
         upstream.request(self.command, self.path, body=body or None, headers=headers)
         reply = upstream.getresponse()
-        payload = reply.read().replace(self.server.target.encode(), self.server.address.encode())
+        payload = reply.read()
+        for old, new in self.server.rewrites:
+            payload = payload.replace(old, new)
         self.send_response(reply.status)
         for key, value in reply.getheaders():
             if key.lower() not in ("transfer-encoding", "connection", "content-length"):
@@ -102,20 +110,65 @@ def test_gs_source_prepares_exactly_like_the_local_folder(celeba_in_bucket, tmp_
     assert (mirror / "list_attr_celeba.txt").stat().st_mtime_ns == stamp  # not downloaded again
 
 
-def test_transient_errors_are_retried(celeba_in_bucket, gcs, tmp_path, monkeypatch):
+@contextmanager
+def flaky(
+    monkeypatch, failures: int, failing: str = "alt=media", rewrites=()
+) -> Iterator[FlakyProxy]:
+    """Every request of the block goes through a FlakyProxy in front of the emulator."""
     emulator = os.environ["STORAGE_EMULATOR_HOST"].removeprefix("http://")
-    proxy = FlakyProxy(emulator, failures=3)
+    proxy = FlakyProxy(emulator, failures, failing, rewrites)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     try:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://{proxy.address}")
-        source = GCSFolder("gs://facet/datasets/celeba", tmp_path / "mirror", FAST_RETRY, workers=4)
-        source.fetch()
+        with monkeypatch.context() as patch:
+            patch.setenv("STORAGE_EMULATOR_HOST", f"http://{proxy.address}")
+            yield proxy
     finally:
         proxy.shutdown()
+
+
+def test_transient_errors_are_retried(celeba_in_bucket, gcs, tmp_path, monkeypatch):
+    with flaky(monkeypatch, failures=3) as proxy:
+        source = GCSFolder("gs://facet/datasets/celeba", tmp_path / "mirror", FAST_RETRY, workers=4)
+        source.fetch()
     assert proxy.failed == 3
     fetched = sorted(p.name for p in (tmp_path / "mirror" / "img_align_celeba").iterdir())
     assert fetched == [f"{i:06d}.jpg" for i in range(1, 25)]
     assert not list((tmp_path / "mirror").rglob("*.partial"))
+
+
+def test_uploads_are_retried_like_downloads(gcs, tmp_path, monkeypatch):
+    folder = tmp_path / "here"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.npy").write_bytes(b"a" * 10)
+    (folder / "sub" / "b.json").write_bytes(b"{}")
+    with flaky(monkeypatch, failures=3, failing="uploadType=") as proxy:
+        GCSFolder("gs://facet/up", folder, FAST_RETRY).publish(["a.npy", "sub/b.json"])
+    assert proxy.failed == 3
+    assert GCSFolder("gs://facet/up", tmp_path / "there").names() == {"a.npy", "sub/b.json"}
+
+
+def test_checkpoint_mirror_uploads_are_retried(gcs, tmp_path, monkeypatch):
+    checkpoint = tmp_path / "step_00000004"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors").write_bytes(b"weights")
+    with flaky(monkeypatch, failures=4, failing="uploadType=") as proxy:
+        GCSMirror("gs://facet/runs/1", FAST_RETRY).push(checkpoint, keep=2)
+    assert proxy.failed == 4
+    assert GCSMirror("gs://facet/runs/1").complete_steps() == ["step_00000004"]
+
+
+@pytest.mark.parametrize("stored, listed", [("data//abs", "/abs"), ("data/up-evil", "../evil")])
+def test_an_object_named_out_of_its_folder_is_refused(gcs, tmp_path, monkeypatch, stored, listed):
+    """A name with `..` reaches the listing through a proxy: the emulator stores none."""
+    bucket = storage.Client().bucket("facet")
+    for name in ("data/ok.txt", stored):
+        bucket.blob(name).upload_from_string(b"x")
+    rewrites = [(f'"{stored}"'.encode(), f'"data/{listed}"'.encode())]
+    copy = tmp_path / "copy" / "data"
+    with flaky(monkeypatch, failures=0, rewrites=rewrites), pytest.raises(ValueError) as refused:
+        GCSFolder("gs://facet/data", copy, FAST_RETRY).fetch()
+    assert f"refusing the name {listed!r}: it would leave {copy}" in str(refused.value)
+    assert not any(path.is_file() for path in (tmp_path / "copy").rglob("*"))  # none fetched
 
 
 def test_missing_label_object_fails_naming_the_uri(gcs, tmp_path):

@@ -1,6 +1,8 @@
 """Folders here and on gs://, checkpoint places and their gs:// mirror, against a real local
 GCS emulator."""
 
+import re
+
 import pytest
 from helpers import use_gs_datastore
 from metaflow import metaflow_config
@@ -24,13 +26,13 @@ def make_checkpoint(folder, step, content):
     return path
 
 
-def test_local_place_finds_the_newest_checkpoint(tmp_path):
+def test_local_place_offers_its_checkpoints_newest_first(tmp_path):
     place = CheckpointPlace(tmp_path / "run")
-    assert place.latest() is None
+    assert list(place.candidates()) == []
     for step in (4, 8, 12):
         make_checkpoint(place.folder, step, b"x")
     (place.folder / ".partial-step_00000016").mkdir()  # a save that never finished
-    assert place.latest().name == "step_00000012"
+    assert [path.name for path in place.candidates()] == [f"step_{s:08d}" for s in (12, 8, 4)]
 
 
 @pytest.mark.emulator
@@ -38,11 +40,11 @@ def test_mirror_pushes_prunes_and_pulls_the_newest(gcs, tmp_path):
     mirror = GCSMirror("gs://facet/prefix/_checkpoints/TrainFlow/1")
     for step in (4, 8, 12):
         mirror.push(make_checkpoint(tmp_path / "here", step, f"weights {step}".encode()), keep=2)
-    assert mirror._complete_steps() == ["step_00000008", "step_00000012"]
+    assert mirror.complete_steps() == ["step_00000008", "step_00000012"]
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    pulled = mirror.pull_latest(elsewhere)
+    pulled = mirror.pull("step_00000012", elsewhere)
     assert pulled == elsewhere / "step_00000012"
     assert (pulled / "model.safetensors").read_bytes() == b"weights 12"
     assert (pulled / "sub" / "rng.pkl").read_bytes() == b"21 sthgiew"
@@ -53,8 +55,8 @@ def test_mirror_pushes_prunes_and_pulls_the_newest(gcs, tmp_path):
 def test_mirror_ignores_an_upload_that_never_completed(gcs, tmp_path):
     mirror = GCSMirror("gs://facet/runs/2")
     mirror.push(make_checkpoint(tmp_path, 4, b"good"), keep=3)
-    mirror.bucket.blob("runs/2/step_00000008/model.safetensors").upload_from_string(b"half")
-    assert mirror.pull_latest(tmp_path / "fresh").name == "step_00000004"
+    mirror._blob("step_00000008/model.safetensors").upload_from_string(b"half")
+    assert mirror.complete_steps() == ["step_00000004"]
 
 
 @pytest.mark.emulator
@@ -63,7 +65,7 @@ def test_a_gs_datastore_mirrors_checkpoints_under_its_root(gcs, tmp_path, monkey
     place = checkpoint_place("TrainFlow", "7")
     assert place.mirror.uri == "gs://facet/metaflow/_checkpoints/TrainFlow/7"
     place.mirror.push(make_checkpoint(tmp_path / "pod-a", 5, b"w"), keep=2)
-    assert place.latest().name == "step_00000005"  # pulled: this machine had none
+    assert next(place.candidates()).name == "step_00000005"  # pulled: this machine had none
     assert (place.folder / "step_00000005" / "model.safetensors").read_bytes() == b"w"
 
     monkeypatch.setattr(metaflow_config, "DATASTORE_SYSROOT_GS", None)
@@ -106,3 +108,10 @@ def test_a_local_folder_is_its_own_copy(tmp_path):
         folder.fetch(["a.npy", "b.npy"])
     assert folder.fetch(["b.npy"], missing_ok=True) == folder.local
     assert not (tmp_path / "unused").exists()
+
+
+def test_a_local_folder_refuses_names_that_leave_it(tmp_path):
+    folder = LocalFolder(tmp_path / "cache")
+    for name in ("../secret", "/etc/passwd", "a/../../b"):
+        with pytest.raises(ValueError, match=f"refusing the name {re.escape(repr(name))}"):
+            folder.fetch([name], missing_ok=True)
