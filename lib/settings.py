@@ -74,9 +74,20 @@ class ServingSettings(_Environment):
     HOST: str = Field("0.0.0.0", description="address gunicorn binds")
     PORT: int = Field(8000, gt=0, description="port gunicorn binds (Cloud Run sets it)")
     WEB_CONCURRENCY: int = Field(2, gt=0, description="gunicorn worker processes")
-    GUNICORN_THREADS: int = Field(1, gt=0, description="request threads per worker")
+    GUNICORN_THREADS: int = Field(
+        4, gt=0, description="request threads per worker: each can wait on a slow client"
+    )
     PROMETHEUS_MULTIPROC_DIR: str = Field(
         "", description="folder for multi-process metrics (gunicorn makes a fresh one)"
+    )
+    API_KEYS: SecretStr | None = Field(
+        None, description="comma-separated bearer keys; set, every endpoint but probes needs one"
+    )
+    API_KEYS_FILE: str | None = Field(
+        None, description="a file of bearer keys, one a line (with or instead of API_KEYS)"
+    )
+    METRICS_KEY: SecretStr | None = Field(
+        None, description="bearer key for /metrics (default: /metrics is open)"
     )
 
     def flask_config(self) -> dict[str, Any]:

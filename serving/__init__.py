@@ -14,10 +14,11 @@ from flask import Flask
 from lib.settings import ServingSettings
 
 
-def create_app(overrides: dict[str, Any] | None = None) -> Flask:
+def create_app(overrides: dict[str, Any] | None = None, *, load_model_now: bool = False) -> Flask:
     """The service, configured from the environment (lib.settings.ServingSettings, read
-    once here) and then `overrides`."""
-    from serving import api, errors, metrics, state
+    once here) and then `overrides`. The model loads in the background, or before this returns
+    with `load_model_now` (gunicorn: its worker accepts connections only after that)."""
+    from serving import api, auth, errors, metrics, state
 
     app = Flask(__name__)
     app.config.from_mapping(ServingSettings().flask_config())
@@ -25,6 +26,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # attributes keep the model's order
     errors.register(app)
     metrics.register(app)
-    state.init_app(app)
+    auth.register(app)
+    state.init_app(app, load_model_now)
     app.register_blueprint(api.blueprint)
     return app

@@ -2,8 +2,12 @@
 PORT, WEB_CONCURRENCY, GUNICORN_THREADS, TORCH_THREADS, PROMETHEUS_MULTIPROC_DIR).
 
 No preload: each worker imports torch and loads the model after the fork (torch's thread
-pools do not survive a fork). Torch threads are capped so that workers x threads never
-oversubscribe the cores.
+pools do not survive a fork), before it accepts a connection. Torch threads are capped so that
+workers x threads never oversubscribe the cores.
+
+One model per service: the master resolves the champion when it starts and at every HUP
+(`kill -HUP <master>`: new workers load the new champion, old ones finish their requests and
+stop) and hands it to every worker, respawned ones too, as MODEL_RUN.
 """
 
 import os
@@ -14,13 +18,16 @@ from lib.settings import ServingSettings
 
 settings = ServingSettings()
 workers, threads = settings.WEB_CONCURRENCY, settings.GUNICORN_THREADS
-# With one request thread, the sync worker: it accepts a connection only when free, so load
-# spreads over the workers (a gthread worker queues connections it cannot serve yet, which
-# raised p99 in bench/serve_bench.py: docs/results.md). Sync workers do not keep connections
-# alive: put a proxy in front.
-worker_class = "sync" if threads == 1 else "gthread"
+# gthread: a request is read in one of the worker's threads, so a client trickling its body
+# holds that thread and not the worker (a sync worker would be stuck, then killed at `timeout`);
+# the main thread keeps the worker alive. A worker takes only as many connections as it has
+# threads: the rest wait in the listen queue for whichever worker frees first, and load spreads.
+# Slow clients beyond workers x threads still wait: put a buffering proxy in front.
+worker_class = "gthread"
+worker_connections = threads
+keepalive = 0  # no connection is kept beyond its threads (a proxy in front keeps them)
 bind = f"{settings.HOST}:{settings.PORT}"
-wsgi_app = "serving:create_app()"
+wsgi_app = "serving:create_app(load_model_now=True)"
 timeout = 120
 graceful_timeout = 30
 accesslog = "-"
@@ -37,6 +44,32 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_folder
 def on_starting(server):
     shutil.rmtree(metrics_folder, ignore_errors=True)
     os.makedirs(metrics_folder)
+    pin_champion(server)
+
+
+def on_reload(server):
+    pin_champion(server)
+
+
+def pin_champion(server) -> None:
+    """Give the workers the current champion as MODEL_RUN (gunicorn's raw_env, which it
+    clears again before rereading this file at a HUP), unless MODEL_RUN or MODEL_DIR names the
+    model. Without a champion to be found, each worker looks for one itself, retrying, and
+    /readyz says why it has none."""
+    if settings.MODEL_RUN or settings.MODEL_DIR:
+        return
+    from lib.registry import current_champion
+
+    try:
+        champion = current_champion()
+    except Exception:
+        server.log.exception("could not look up the champion; each worker will")
+        return
+    if champion is None:
+        server.log.error("no run is tagged champion; each worker will keep looking")
+        return
+    server.log.info("serving the champion %s", champion.pathspec)
+    server.cfg.set("raw_env", [*server.cfg.raw_env, f"MODEL_RUN={champion.pathspec}"])
 
 
 def child_exit(server, worker):

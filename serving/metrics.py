@@ -35,6 +35,9 @@ IMAGES = Histogram(
     "Images in each answered /predict request",
     buckets=(1, 2, 4, 8, 16, 32, 64),
 )
+MODEL_LOAD_FAILURES = Counter(
+    "facet_model_load_failures_total", "Failed attempts to load the model (each is retried)"
+)
 MODEL_INFO = Gauge(
     "facet_model_info",
     "The model a worker serves (value 1)",

@@ -1,10 +1,18 @@
-"""The process-wide things a worker holds: the model (loaded in the background, so the
-worker answers /healthz and /readyz while it loads) and the prediction log."""
+"""The process-wide things a worker holds: the model and the prediction log.
+
+The model loads in the background by default, so the app answers /healthz and /readyz while it
+loads; under gunicorn the worker loads it before it accepts a connection (create_app's
+load_model_now), so a respawned worker never answers 503 for a model still loading. A failed
+load is retried, backing off from RETRY_FIRST_S to RETRY_MAX_S, and /readyz says why it failed.
+"""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
+import time
+from collections.abc import Iterator
 
 import torch
 from flask import Flask, current_app
@@ -12,45 +20,70 @@ from flask import Flask, current_app
 from lib.inference import Predictor
 from lib.predlog import PredictionLog
 from serving.errors import ApiError
-from serving.metrics import MODEL_INFO
+from serving.metrics import MODEL_INFO, MODEL_LOAD_FAILURES
 
 log = logging.getLogger(__name__)
 
+RETRY_FIRST_S, RETRY_MAX_S = 1.0, 60.0
+
 
 class ModelSlot:
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, load_now: bool = False):
         self.predictor: Predictor | None = None
         self.error: str | None = None
-        self.loaded = threading.Event()
+        self.loaded = threading.Event()  # set once the first attempt has ended, either way
         self._config = config
-        threading.Thread(target=self._load, name="load-model", daemon=True).start()
+        if load_now and self._try_load():
+            return
+        delays = retry_delays() if load_now else itertools.chain([0.0], retry_delays())
+        threading.Thread(target=self._load, args=(delays,), name="load-model", daemon=True).start()
 
-    def _load(self) -> None:
-        config = self._config
+    def _load(self, delays: Iterator[float]) -> None:
+        for delay in delays:
+            time.sleep(delay)
+            if self._try_load():
+                return
+
+    def _try_load(self) -> bool:
         try:
-            if config["MODEL_DIR"]:
-                self.predictor = Predictor.from_dir(config["MODEL_DIR"], config["PRECISION"])
-            elif config["MODEL_RUN"]:
-                self.predictor = Predictor.from_run(config["MODEL_RUN"], config["PRECISION"])
-            else:
-                self.predictor = Predictor.champion(config["PRECISION"])
-            log.info("serving %s (%s)", self.predictor.name, self.predictor.precision)
-            MODEL_INFO.labels(self.predictor.name, self.predictor.precision).set(1)
+            self.predictor = load_predictor(self._config)
         except Exception as error:  # reported by /readyz; the worker stays up to say so
-            self.error = f"{type(error).__name__}: {error}"
+            self.error = f"{type(error).__name__}: {error} (retrying)"
             log.error("could not load the model: %s", self.error)
+            MODEL_LOAD_FAILURES.inc()
+            return False
         finally:
             self.loaded.set()
+        self.error = None
+        log.info("serving %s (%s)", self.predictor.name, self.predictor.precision)
+        MODEL_INFO.labels(self.predictor.name, self.predictor.precision).set(1)
+        return True
 
     def wait(self, timeout: float | None = None) -> bool:
         """True once a model is loaded and ready (tests and benches wait on this)."""
         return self.loaded.wait(timeout) and self.predictor is not None
 
 
-def init_app(app: Flask) -> None:
+def load_predictor(config: dict) -> Predictor:
+    if config["MODEL_DIR"]:
+        return Predictor.from_dir(config["MODEL_DIR"], config["PRECISION"])
+    if config["MODEL_RUN"]:
+        return Predictor.from_run(config["MODEL_RUN"], config["PRECISION"])
+    return Predictor.champion(config["PRECISION"])
+
+
+def retry_delays() -> Iterator[float]:
+    """Seconds to wait before each retry: doubling from RETRY_FIRST_S up to RETRY_MAX_S."""
+    delay = RETRY_FIRST_S
+    while True:
+        yield delay
+        delay = min(2 * delay, RETRY_MAX_S)
+
+
+def init_app(app: Flask, load_model_now: bool = False) -> None:
     if app.config["TORCH_THREADS"]:
         torch.set_num_threads(app.config["TORCH_THREADS"])
-    app.extensions["facet.model"] = ModelSlot(app.config)
+    app.extensions["facet.model"] = ModelSlot(app.config, load_model_now)
     app.extensions["facet.log"] = PredictionLog(
         app.config["PREDICTION_LOG"],
         max_age_hours=app.config["PREDICTION_LOG_MAX_AGE_HOURS"],

@@ -1,42 +1,50 @@
-"""The service under real gunicorn: two workers, concurrent load, one worker killed."""
+"""The service under real gunicorn: two workers, concurrent load, a worker killed, slow clients,
+a champion promoted while it serves, and a HUP reload."""
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, free_port
+from helpers import ROOT, free_port, run_flow, smoke_config, use_home
+from metaflow import Run
 
 from lib import synthetic
 from lib.predlog import PredictionLog
+from lib.registry import CHAMPION
+from lib.settings import ServingSettings
 
 pytestmark = [pytest.mark.gunicorn, pytest.mark.flow]
 
 REQUESTS = 300
+THREADS = ServingSettings().GUNICORN_THREADS  # requests a worker has in flight at most
 
 
-def get(url: str) -> tuple[int, bytes]:
+def get(url: str, timeout: float = 10) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
 
 
-def post_image(url: str, image: bytes, request_id: str) -> int | str:
+def post_image(url: str, image: bytes, request_id: str, timeout: float = 60) -> int | str:
     """The status code, or the connection error a killed worker leaves behind."""
     headers = {"Content-Type": "image/jpeg", "X-Request-ID": request_id}
     request = urllib.request.Request(url, data=image, headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             body = json.loads(response.read())
             assert body["request_id"] == request_id
             return response.status
@@ -46,46 +54,110 @@ def post_image(url: str, image: bytes, request_id: str) -> int | str:
         return type(error).__name__
 
 
+def served_model(base: str) -> str:
+    """The model GET /model names, or its status code as text."""
+    status, body = get(f"{base}/model", timeout=120)
+    return json.loads(body)["model"] if status == 200 else str(status)
+
+
 def worker_pids(master: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout
     return [int(pid) for pid in out.split()]
 
 
-@pytest.fixture
-def gunicorn(smoke_run, tmp_path):
-    port, log = free_port(), tmp_path / "predictions.db"
+def model_loaded(server: tuple[subprocess.Popen, str, Path], pid: int) -> bool:
+    """Whether worker `pid` has loaded its model: facet_model_info, set then, is the only
+    max-mode gauge, and prometheus-client writes it to a file named after the worker."""
+    return (server[2].parent / "metrics" / f"gauge_max_{pid}.db").exists()
+
+
+def wait_until_ready(base: str, errors: Path, seconds: float = 120) -> None:
+    """Several readiness checks in a row answered: every worker is up."""
+    deadline = time.monotonic() + seconds
+    ready = 0
+    while ready < 10:
+        assert time.monotonic() < deadline, errors.read_text()[-3000:]
+        try:
+            ready = ready + 1 if get(f"{base}/readyz")[0] == 200 else 0
+        except OSError:  # refused, or queued while the workers boot
+            ready = 0
+        time.sleep(0.1)
+
+
+def wait_for(condition: Callable[[], bool], seconds: float, errors: Path) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, errors.read_text()[-3000:]
+        time.sleep(0.2)
+
+
+@contextmanager
+def serving(tmp_path: Path, **environment: str) -> Iterator[tuple[subprocess.Popen, str, Path]]:
+    """gunicorn with serving/gunicorn.conf.py and 2 workers on a free port: (server, base URL,
+    its stderr's file), once every worker answers."""
+    port = free_port()
     env = {
         **os.environ,
-        "MODEL_RUN": smoke_run.pathspec,
-        "PREDICTION_LOG": str(log),
+        "PREDICTION_LOG": str(tmp_path / "predictions.db"),
         "HOST": "127.0.0.1",
         "PORT": str(port),
         "WEB_CONCURRENCY": "2",
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+        **environment,
     }
     command = [sys.executable, "-m", "gunicorn", "--config", "serving/gunicorn.conf.py"]
-    errors = (tmp_path / "err").open("w")
-    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=errors)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    ready = 0
-    while ready < 10:  # both workers answer: several readiness checks in a row
-        assert time.monotonic() < deadline, (tmp_path / "err").read_text()[-3000:]
+    errors = tmp_path / "err"
+    with errors.open("w") as stderr:
+        server = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr
+        )
+        base = f"http://127.0.0.1:{port}"
         try:
-            ready = ready + 1 if get(f"{base}/readyz")[0] == 200 else 0
-        except (urllib.error.URLError, ConnectionError):
-            ready = 0
-        time.sleep(0.1)
-    yield server, base, log
-    server.send_signal(signal.SIGTERM)
-    server.wait(30)
-    errors.close()
+            wait_until_ready(base, errors)
+            yield server, base, errors
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(120)  # a worker still booting finishes loading first
 
 
-def test_every_answered_prediction_is_logged_when_a_worker_is_killed(gunicorn, tmp_path):
+@pytest.fixture
+def gunicorn(smoke_run, tmp_path):
+    with serving(tmp_path, MODEL_RUN=smoke_run.pathspec) as (server, base, _):
+        yield server, base, tmp_path / "predictions.db"
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory) -> list[bytes]:
+    root = synthetic.generate(tmp_path_factory.mktemp("faces"), synthetic.make_spec(8, seed=3))
+    return [p.read_bytes() for p in sorted(Path(root, "img_align_celeba").iterdir())]
+
+
+@pytest.fixture(scope="module")
+def newer_run(smoke_home) -> str:
+    """A second smoke run, newer than the module's: the champion-to-be."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        use_home(monkeypatch, smoke_home[0])
+        return run_flow(smoke_config()).pathspec
+
+
+@pytest.fixture
+def champion_server(smoke_run, newer_run, tmp_path, monkeypatch):
+    """gunicorn serving the champion (no MODEL_RUN): the module's smoke run, until the test
+    tags the newer run."""
+    monkeypatch.delenv("MODEL_RUN", raising=False)
+    smoke_run.add_tag(CHAMPION)
+    try:
+        with serving(tmp_path) as started:
+            yield started
+    finally:
+        for run in (smoke_run, Run(newer_run)):
+            run.remove_tag(CHAMPION)
+
+
+def test_a_killed_worker_loses_no_logged_prediction_and_its_successor_answers_no_503(
+    gunicorn, faces
+):
     server, base, log_path = gunicorn
-    root = synthetic.generate(tmp_path / "faces", synthetic.make_spec(8, seed=3))
-    images = [p.read_bytes() for p in sorted(Path(root, "img_align_celeba").iterdir())]
     workers = worker_pids(server.pid)
     assert len(workers) == 2
 
@@ -93,7 +165,7 @@ def test_every_answered_prediction_is_logged_when_a_worker_is_killed(gunicorn, t
 
     def send(i: int) -> tuple[str, int | str]:
         request_id = f"load-{i}"
-        status = post_image(f"{base}/predict", images[i % len(images)], request_id)
+        status = post_image(f"{base}/predict", faces[i % len(faces)], request_id)
         with kill:
             if next(done) == REQUESTS // 3:  # a third answered, the rest in flight or queued
                 os.kill(workers[0], signal.SIGKILL)
@@ -109,11 +181,110 @@ def test_every_answered_prediction_is_logged_when_a_worker_is_killed(gunicorn, t
     assert workers[0] not in worker_pids(server.pid)  # killed, and replaced by the master
     assert answered <= logged_ids  # every 200 has its row
     assert len(logged) == len(logged_ids)  # one image, one row, per request
-    # A row without a 200 is possible only for the request the killed worker had committed
-    # but not yet sent: at most one per kill.
-    assert len(logged_ids - answered) <= 1
-    assert all(status in (200, 503) or isinstance(status, str) for status in results.values())
+    # A row without a 200 is possible only for a request the killed worker had committed but
+    # not yet sent: at most one per thread of the killed worker.
+    assert len(logged_ids - answered) <= THREADS
+    # Only the killed worker's own connections fail; its successor accepts none before its
+    # model is loaded, so nothing answers 503 not_ready.
+    failed = {status for status in results.values() if status != 200}
+    assert all(isinstance(status, str) for status in failed), failed
 
     status, text = get(f"{base}/metrics")
     assert status == 200
     assert 'facet_requests_total{endpoint="/predict",status="200"}' in text.decode()
+
+
+def trickle(port: int, image: bytes, stop: threading.Event) -> None:
+    """POST /predict with a multipart body sent one byte a second, until `stop`."""
+    boundary = "trickle"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="f.jpg"\r\n'
+        f"Content-Type: image/jpeg\r\n\r\n".encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(head.encode())
+        for byte in body:
+            client.sendall(bytes([byte]))
+            if stop.wait(1):
+                return
+
+
+def test_slow_clients_hold_no_worker_back(gunicorn, faces):
+    server, base, _ = gunicorn
+    workers = worker_pids(server.pid)
+    port = int(base.rsplit(":", 1)[1])
+    stop = threading.Event()
+    slow = [threading.Thread(target=trickle, args=(port, faces[0], stop)) for _ in range(2)]
+    for client in slow:
+        client.start()
+    try:
+        time.sleep(2)  # both slow requests accepted and being read
+        started = time.monotonic()
+        status = post_image(f"{base}/predict", faces[1], "quick", timeout=5)
+        took = time.monotonic() - started
+        assert status == 200 and took < 1, (status, took)
+        time.sleep(3)
+        assert all(client.is_alive() for client in slow)  # still trickling, not cut off
+    finally:
+        stop.set()
+        for client in slow:
+            client.join()
+    assert worker_pids(server.pid) == workers  # none killed, no model reloaded
+
+
+def test_a_respawned_worker_serves_the_model_its_siblings_serve(
+    champion_server, smoke_run, newer_run
+):
+    server, base, errors = champion_server
+    assert served_model(base) == smoke_run.pathspec
+    Run(newer_run).add_tag(CHAMPION)  # promoted while the service runs
+    workers = worker_pids(server.pid)
+    os.kill(workers[0], signal.SIGKILL)
+    wait_for(lambda: len(set(worker_pids(server.pid)) - set(workers)) == 1, 30, errors)
+    (respawned,) = set(worker_pids(server.pid)) - set(workers)
+    wait_for(lambda: model_loaded(champion_server, respawned), 120, errors)
+
+    with ThreadPoolExecutor(4) as pool:
+        models = set(pool.map(lambda _: served_model(base), range(50)))
+    assert models == {smoke_run.pathspec}
+
+
+def test_hup_moves_every_worker_to_the_new_champion_without_a_failed_request(
+    champion_server, smoke_run, newer_run
+):
+    server, base, errors = champion_server
+    old_workers = set(worker_pids(server.pid))
+    answers, stop = [], threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            answers.append(served_model(base))
+
+    clients = [threading.Thread(target=load) for _ in range(4)]
+    for client in clients:
+        client.start()
+    try:
+        time.sleep(1)
+        Run(newer_run).add_tag(CHAMPION)
+        server.send_signal(signal.SIGHUP)
+        wait_for(lambda: not old_workers & set(worker_pids(server.pid)), 60, errors)
+        new_workers = worker_pids(server.pid)
+        wait_for(
+            lambda: all(model_loaded(champion_server, pid) for pid in new_workers), 120, errors
+        )
+        time.sleep(1)
+    finally:
+        stop.set()
+        for client in clients:
+            client.join()
+
+    assert set(answers) == {smoke_run.pathspec, newer_run}  # nothing failed, nothing else
+    with ThreadPoolExecutor(4) as pool:
+        models = set(pool.map(lambda _: served_model(base), range(50)))
+    assert models == {newer_run}
