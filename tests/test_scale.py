@@ -1,7 +1,6 @@
 """Training in two processes (torchrun, gloo on CPU), and compiled, against one eager process
 taking the same step on the same batch."""
 
-import json
 import os
 import shutil
 import sys
@@ -13,7 +12,7 @@ from accelerate.utils import set_seed
 from helpers import MULTINODE_FLOW, SMOKE, run_flow, use_gs_datastore
 
 from lib import synthetic
-from lib.config import RunConfig
+from lib.config import RunConfig, load
 from lib.datasets import CachedSplit
 from lib.distributed import run_training
 from lib.model import build_model, load_model
@@ -26,23 +25,21 @@ pytestmark = pytest.mark.flow
 
 def one_step_config(per_process_batch: int, processes: int, **train) -> RunConfig:
     """One optimizer step over the same global batch, nothing random but the init: no
-    augmentation, no warmup, no dropout (the ViT config has none)."""
-    config = json.loads(SMOKE.read_text())
-    config["train"].update(
-        epochs=1,
-        batch_size=per_process_batch,
-        gradient_accumulation_steps=1,
-        warmup_ratio=0.0,
-        max_shift=0,
-        flip_probability=0.0,
-        num_workers=0,
-        log_every=1,
-        checkpoint_every=1000,
-        wandb=False,
-        num_processes=processes,
-        **train,
-    )
-    return RunConfig.of(config)
+    augmentation, no warmup, no dropout (the ViT config has none); `train` overrides."""
+    one_step = {
+        "epochs": 1,
+        "batch_size": per_process_batch,
+        "gradient_accumulation_steps": 1,
+        "warmup_ratio": 0.0,
+        "max_shift": 0,
+        "flip_probability": 0.0,
+        "num_workers": 0,
+        "log_every": 1,
+        "checkpoint_every": 1000,
+        "wandb": False,
+        "num_processes": processes,
+    }
+    return load(SMOKE).merged({"train": {**one_step, **train}})
 
 
 def test_two_processes_take_the_same_step_as_one(tmp_path):
