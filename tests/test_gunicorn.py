@@ -1,6 +1,7 @@
 """The service under real gunicorn: two workers, concurrent load, a worker killed, slow clients,
 a champion promoted while it serves, and a HUP reload."""
 
+import http.client
 import json
 import os
 import signal
@@ -55,9 +56,33 @@ def post_image(url: str, image: bytes, request_id: str, timeout: float = 60) -> 
 
 
 def served_model(base: str) -> str:
-    """The model GET /model names, or its status code as text."""
-    status, body = get(f"{base}/model", timeout=120)
+    """The model GET /model names, or its status code, or the connection error, as text."""
+    try:
+        status, body = get(f"{base}/model", timeout=120)
+    except (OSError, http.client.HTTPException) as error:  # cut off by a killed worker
+        return type(error).__name__
     return json.loads(body)["model"] if status == 200 else str(status)
+
+
+@contextmanager
+def steady_load(base: str, clients: int = 4) -> Iterator[list[str]]:
+    """GET /model from `clients` threads, one request after another, while the block runs:
+    what each answer named (served_model)."""
+    answers, stop = [], threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            answers.append(served_model(base))
+
+    threads = [threading.Thread(target=load) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield answers
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
 
 
 def worker_pids(master: int) -> list[int]:
@@ -65,10 +90,21 @@ def worker_pids(master: int) -> list[int]:
     return [int(pid) for pid in out.split()]
 
 
-def model_loaded(server: tuple[subprocess.Popen, str, Path], pid: int) -> bool:
-    """Whether worker `pid` has loaded its model: facet_model_info, set then, is the only
-    max-mode gauge, and prometheus-client writes it to a file named after the worker."""
-    return (server[2].parent / "metrics" / f"gauge_max_{pid}.db").exists()
+def model_loaded(tmp_path: Path, pid: int) -> bool:
+    """Whether worker `pid` of the server `serving(tmp_path)` started has loaded its model:
+    facet_model_info, set then, is the only max-mode gauge, and prometheus-client writes it to
+    a file named after the worker."""
+    return (tmp_path / "metrics" / f"gauge_max_{pid}.db").exists()
+
+
+def kill_and_await_successor(server: subprocess.Popen, tmp_path: Path) -> None:
+    """SIGKILL a worker; return once its successor has loaded its model."""
+    workers = worker_pids(server.pid)
+    os.kill(workers[0], signal.SIGKILL)
+    errors = tmp_path / "err"
+    wait_for(lambda: len(set(worker_pids(server.pid)) - set(workers)) == 1, 30, errors)
+    (successor,) = set(worker_pids(server.pid)) - set(workers)
+    wait_for(lambda: model_loaded(tmp_path, successor), 120, errors)
 
 
 def wait_until_ready(base: str, errors: Path, seconds: float = 120) -> None:
@@ -238,17 +274,22 @@ def test_slow_clients_hold_no_worker_back(gunicorn, faces):
     assert worker_pids(server.pid) == workers  # none killed, no model reloaded
 
 
+def test_a_respawned_worker_takes_no_request_before_its_model_is_loaded(gunicorn, tmp_path):
+    server, base, _ = gunicorn
+    with steady_load(base) as answers:
+        kill_and_await_successor(server, tmp_path)
+        time.sleep(2)
+    assert "503" not in answers  # the killed worker's own requests may fail: no 503 not_ready
+    assert len(answers) > 20
+
+
 def test_a_respawned_worker_serves_the_model_its_siblings_serve(
-    champion_server, smoke_run, newer_run
+    champion_server, smoke_run, newer_run, tmp_path
 ):
-    server, base, errors = champion_server
+    server, base, _ = champion_server
     assert served_model(base) == smoke_run.pathspec
     Run(newer_run).add_tag(CHAMPION)  # promoted while the service runs
-    workers = worker_pids(server.pid)
-    os.kill(workers[0], signal.SIGKILL)
-    wait_for(lambda: len(set(worker_pids(server.pid)) - set(workers)) == 1, 30, errors)
-    (respawned,) = set(worker_pids(server.pid)) - set(workers)
-    wait_for(lambda: model_loaded(champion_server, respawned), 120, errors)
+    kill_and_await_successor(server, tmp_path)
 
     with ThreadPoolExecutor(4) as pool:
         models = set(pool.map(lambda _: served_model(base), range(50)))
@@ -256,33 +297,18 @@ def test_a_respawned_worker_serves_the_model_its_siblings_serve(
 
 
 def test_hup_moves_every_worker_to_the_new_champion_without_a_failed_request(
-    champion_server, smoke_run, newer_run
+    champion_server, smoke_run, newer_run, tmp_path
 ):
     server, base, errors = champion_server
     old_workers = set(worker_pids(server.pid))
-    answers, stop = [], threading.Event()
-
-    def load() -> None:
-        while not stop.is_set():
-            answers.append(served_model(base))
-
-    clients = [threading.Thread(target=load) for _ in range(4)]
-    for client in clients:
-        client.start()
-    try:
+    with steady_load(base) as answers:
         time.sleep(1)
         Run(newer_run).add_tag(CHAMPION)
         server.send_signal(signal.SIGHUP)
         wait_for(lambda: not old_workers & set(worker_pids(server.pid)), 60, errors)
         new_workers = worker_pids(server.pid)
-        wait_for(
-            lambda: all(model_loaded(champion_server, pid) for pid in new_workers), 120, errors
-        )
+        wait_for(lambda: all(model_loaded(tmp_path, pid) for pid in new_workers), 120, errors)
         time.sleep(1)
-    finally:
-        stop.set()
-        for client in clients:
-            client.join()
 
     assert set(answers) == {smoke_run.pathspec, newer_run}  # nothing failed, nothing else
     with ThreadPoolExecutor(4) as pool:
