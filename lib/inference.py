@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from lib.features import Projection, drift_rows, image_features
 from lib.model import device_for_inference, load_model, probabilities_and_embeddings
@@ -106,8 +107,9 @@ class Predictor:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def pixels(self, data: bytes, max_pixels: int | None = None) -> np.ndarray:
-        """Encoded image bytes -> the uint8 model-size array training was cached as."""
+    def pixels(self, data: bytes | Image.Image, max_pixels: int | None = None) -> np.ndarray:
+        """Encoded image bytes (or an image lib.preprocess.open_image opened) -> the uint8
+        model-size array training was cached as."""
         image = decode_image(data, max_pixels=max_pixels)
         return preprocess(image, self.preprocessing.image_size)
 

@@ -4,6 +4,7 @@ lib.alerts and the card in lib.cards."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +24,18 @@ def newest_report(model_run: str | None = None) -> tuple[str, str] | None:
     """(run pathspec, report HTML) of the newest successful MonitorFlow run that produced a
     report, for `model_run` if given; None when there is none."""
     for run in successful_runs(model_run):
-        if run.data.report_html:
-            return run.pathspec, run.data.report_html
+        html = report_html(run.pathspec)
+        if html:
+            return run.pathspec, html
     return None
+
+
+@functools.lru_cache(maxsize=4)
+def report_html(pathspec: str) -> str | None:
+    """A finished MonitorFlow run's report (None if it made none), unpickled from the
+    datastore once per process: a finished run's artifacts never change."""
+    namespace(None)
+    return Run(pathspec).data.report_html
 
 
 def successful_runs(model_run: str | None = None) -> Iterator[Run]:

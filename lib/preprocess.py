@@ -1,6 +1,6 @@
 """The one image pipeline. Training, evaluation and serving all go through these functions:
 
-    decode_image (bytes or path -> RGB PIL image)
+    decode_image (bytes or path -> RGB PIL image; open_image reads the header alone)
     -> preprocess (PIL -> uint8 HxWx3 at the model's size; cached on disk for training)
     -> to_model_input (uint8 batch -> normalised float tensor, done on the model's device)
 
@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Bump when decode_image() or preprocess() changes: the version is part of every cache key.
-PREPROCESS_VERSION = 2
+PREPROCESS_VERSION = 3
 PREPROCESSOR_FILE = "preprocessor_config.json"
 
 
@@ -54,6 +54,12 @@ class Preprocessing:
         return cls(facet["image_size"], tuple(facet["mean"]), tuple(facet["std"]))
 
 
+# The formats face photos come in (cameras, phones, browsers). Every other Pillow plugin stays
+# closed: EPS would run Ghostscript, and each extra decoder is more code hostile bytes reach.
+# JPEG includes MPO, the multi-picture JPEG some phones write.
+FORMATS = ("JPEG", "PNG", "WEBP")
+
+
 class ImageDecodeError(ValueError):
     """The bytes are not an image we can read: not an image, truncated, or too large."""
 
@@ -62,30 +68,44 @@ class ImageTooLargeError(ImageDecodeError):
     """The header claims more pixels than allowed (a decompression bomb, or just too big)."""
 
 
-def decode_image(source: bytes | str | Path, max_pixels: int | None = None) -> Image.Image:
-    """Decode a file or bytes into an upright 8-bit RGB image: EXIF rotation applied,
-    16-bit values scaled (not clipped), transparency composited onto white. An image with more
-    than `max_pixels` pixels is refused from its header, before any decoding (a few KB of PNG
-    can claim 30000x30000)."""
-    unreadable = (OSError, SyntaxError, ValueError)
+def decode_image(
+    source: bytes | str | Path | Image.Image, max_pixels: int | None = None
+) -> Image.Image:
+    """Decode a file or bytes (or an image open_image opened) into an upright 8-bit RGB
+    image: EXIF rotation applied, 16-bit values scaled (not clipped), transparency
+    composited onto white."""
+    image = source if isinstance(source, Image.Image) else open_image(source, max_pixels)
     try:
-        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        return upright_rgb(image)
+    except Exception as error:  # hostile bytes reach many decoders' corners: none may escape
+        raise ImageDecodeError(f"cannot decode image: {error}") from error
+
+
+def open_image(source: bytes | str | Path, max_pixels: int | None = None) -> Image.Image:
+    """Read only the header of a JPEG, PNG or WebP image. One with more than `max_pixels`
+    pixels is refused here, before any decoding (a few KB of PNG can claim 30000x30000). A
+    missing file is a FileNotFoundError: only the bytes' faults are ImageDecodeErrors."""
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    try:
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError as error:  # Pillow's own limit, far above ours
         raise ImageTooLargeError(str(error)) from error
     except UnidentifiedImageError as error:
-        raise ImageDecodeError("not an image in a format Pillow reads (JPEG, PNG, …)") from error
-    except unreadable as error:
+        raise ImageDecodeError("not a JPEG, PNG or WebP image") from error
+    except Exception as error:
         raise ImageDecodeError(f"cannot decode image: {error}") from error
     width, height = image.size
     if max_pixels is not None and width * height > max_pixels:
         raise ImageTooLargeError(
             f"image is {width}x{height} pixels, more than the limit of {max_pixels:,}"
         )
-    try:
-        image.load()
-        image = ImageOps.exif_transpose(image)
-    except (*unreadable, Image.DecompressionBombError) as error:
-        raise ImageDecodeError(f"cannot decode image: {error}") from error
+    return image
+
+
+def upright_rgb(image: Image.Image) -> Image.Image:
+    """Decode an opened image's pixels and convert them to upright 8-bit RGB."""
+    image.load()
+    image = ImageOps.exif_transpose(image)
     if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
         scaled = np.asarray(image, dtype=np.float32) / 257.0  # 0..65535 -> 0..255
         image = Image.fromarray(np.rint(scaled).clip(0, 255).astype(np.uint8))

@@ -68,6 +68,9 @@ class ServingSettings(_Environment):
     MAX_BATCH: int = Field(32, gt=0, description="images per request at most")
     MAX_UPLOAD_MB: int = Field(32, gt=0, description="request body size limit")
     MAX_IMAGE_PIXELS: int = Field(40_000_000, gt=0, description="pixels per image at most")
+    MAX_REQUEST_PIXELS: int = Field(
+        100_000_000, gt=0, description="pixels per request at most, all its images together"
+    )
     TORCH_THREADS: int = Field(
         0, ge=0, description="torch threads per worker (gunicorn: cores / workers x threads)"
     )

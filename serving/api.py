@@ -1,23 +1,33 @@
-"""The REST endpoints. POST /predict decodes every image first, so one bad image fails
-the request before anything is predicted or logged; a row per image is committed to the
-prediction log before the answer is sent."""
+"""The REST endpoints. POST /predict reads every image's header, then decodes every image,
+so one bad or oversized image fails the request before anything is decoded, predicted or
+logged; a row per image is committed to the prediction log before the answer is sent."""
 
 from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from flask import Blueprint, Response, current_app, jsonify, request
+from PIL import Image
 
-from lib.preprocess import ImageDecodeError, ImageTooLargeError
+from lib.inference import Predictor
+from lib.preprocess import ImageDecodeError, ImageTooLargeError, open_image
 from serving import metrics
 from serving.errors import ApiError
 from serving.state import model_slot, prediction_log, predictor
 
 blueprint = Blueprint("api", __name__)
 FIELD = "image"
-REQUEST_ID = re.compile(r"^[\w.:-]{1,128}$")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # matched whole: no newline, only ASCII
+# evidently's report runs its chart scripts in a sandbox: an opaque origin that cannot read
+# the service's responses or cookies.
+REPORT_HEADERS = {
+    "Content-Security-Policy": "sandbox allow-scripts",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 @blueprint.get("/healthz")
@@ -53,13 +63,12 @@ def prometheus_metrics() -> Response:
 @blueprint.post("/predict")
 def predict():
     served = predictor()
-    uploads = read_uploads()
-    max_pixels = current_app.config["MAX_IMAGE_PIXELS"]
-    pixels = np.stack([decode(served, label, data, max_pixels) for label, data in uploads])
+    images = open_uploads(read_uploads())
+    pixels = np.stack([decode(served, label, image) for label, image in images])
     prediction = served.predict(pixels)
     request_id = request_id_of(request.headers.get("X-Request-ID"))
     prediction_log().append(request_id, served.name, served.log_rows(prediction))
-    metrics.IMAGES.observe(len(uploads))
+    metrics.IMAGES.observe(len(images))
     present = served.present(prediction.probs)
     response = jsonify(
         {
@@ -92,7 +101,8 @@ def drift_report():
             "run python flows/monitor_flow.py run",
         )
     pathspec, html = found
-    return Response(html, mimetype="text/html", headers={"X-Monitor-Run": pathspec})
+    headers = {"X-Monitor-Run": pathspec, **REPORT_HEADERS}
+    return Response(html, mimetype="text/html", headers=headers)
 
 
 def read_uploads() -> list[tuple[str, bytes]]:
@@ -123,11 +133,43 @@ def read_uploads() -> list[tuple[str, bytes]]:
     )
 
 
-def decode(served, label: str, data: bytes, max_pixels: int) -> np.ndarray:
+def open_uploads(uploads: list[tuple[str, bytes]]) -> list[tuple[str, Image.Image]]:
+    """Each upload with its header read and nothing decoded yet, refused when one image, or
+    all of them together, hold too many pixels."""
+    max_pixels = current_app.config["MAX_IMAGE_PIXELS"]
+    images = [(label, open_upload(label, data, max_pixels)) for label, data in uploads]
+    refuse_too_many_pixels([image for _, image in images])
+    return images
+
+
+def open_upload(label: str, data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise ApiError(400, "empty_image", f"{label} is empty")
+    with image_errors(label):
+        return open_image(data, max_pixels)
+
+
+def refuse_too_many_pixels(images: list[Image.Image]) -> None:
+    limit = current_app.config["MAX_REQUEST_PIXELS"]
+    total = sum(image.width * image.height for image in images)
+    if total > limit:
+        raise ApiError(
+            413,
+            "too_many_pixels",
+            f"the images hold {total:,} pixels together, more than the limit of {limit:,}",
+        )
+
+
+def decode(served: Predictor, label: str, image: Image.Image) -> np.ndarray:
+    with image_errors(label):
+        return served.pixels(image)
+
+
+@contextmanager
+def image_errors(label: str) -> Iterator[None]:
+    """lib.preprocess's errors as 400s that name the image."""
     try:
-        return served.pixels(data, max_pixels=max_pixels)
+        yield
     except ImageTooLargeError as error:
         raise ApiError(400, "image_too_large", f"{label}: {error}") from None
     except ImageDecodeError as error:
@@ -136,4 +178,4 @@ def decode(served, label: str, data: bytes, max_pixels: int) -> np.ndarray:
 
 def request_id_of(given: str | None) -> str:
     """The caller's X-Request-ID if it is a sane token, else a fresh one."""
-    return given if given and REQUEST_ID.match(given) else uuid.uuid4().hex
+    return given if given and REQUEST_ID.fullmatch(given) else uuid.uuid4().hex

@@ -5,13 +5,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import EpsImagePlugin, Image
 
 import lib.prepare
 from lib import synthetic
 from lib.datasets import CachedSplit, PreparedImages
 from lib.prepare import BadImagesError, finish, plan, prepare, prepare_shard
-from lib.preprocess import Preprocessing, decode_image, preprocess, to_model_input
+from lib.preprocess import (
+    ImageDecodeError,
+    Preprocessing,
+    decode_image,
+    preprocess,
+    to_model_input,
+)
 from lib.sources import resolve_source, shard_source
 
 
@@ -144,6 +150,50 @@ def test_decode_applies_exif_rotation_and_converts_to_rgb():
     image.save(buffer, format="JPEG", exif=exif)
     decoded = decode_image(buffer.getvalue())
     assert decoded.mode == "RGB" and decoded.size == (20, 30)
+
+
+@pytest.mark.parametrize(
+    ("format", "opened"),
+    [
+        ("JPEG", True),
+        ("PNG", True),
+        ("WEBP", True),
+        ("BMP", False),
+        ("GIF", False),
+        ("TIFF", False),
+    ],
+)
+def test_decode_opens_only_the_formats_face_photos_come_in(format, opened):
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 120, 90)).save(buffer, format=format)
+    if opened:
+        assert decode_image(buffer.getvalue()).size == (8, 8)
+    else:
+        with pytest.raises(ImageDecodeError, match="not a JPEG, PNG or WebP image"):
+            decode_image(buffer.getvalue())
+
+
+def test_decode_never_runs_ghostscript_on_eps(monkeypatch):
+    ran = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *args, **kwargs: ran.append(args))
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n%%EOF\n"
+    with pytest.raises(ImageDecodeError, match="not a JPEG, PNG or WebP image"):
+        decode_image(eps)
+    assert ran == []
+
+
+@pytest.mark.parametrize("format", ["JPEG", "PNG", "WEBP"])
+def test_any_decoder_failure_is_an_image_decode_error(format):
+    """Pillow fails to rewrite this EXIF block when it undoes the rotation (struct.error):
+    the width tag holds text."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated
+    exif[0x010F] = "camera"  # the make: text
+    width_as_text = exif.tobytes().replace(b"\x01\x0f\x00\x02", b"\x01\x00\x00\x02")
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format=format, exif=width_as_text)
+    with pytest.raises(ImageDecodeError, match="cannot decode image"):
+        decode_image(buffer.getvalue())
 
 
 def test_preprocessing_round_trips_through_its_json():

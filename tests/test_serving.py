@@ -2,12 +2,15 @@
 
 import io
 import json
+import uuid
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from helpers import PROBABILITY_ATOL, assert_same_probabilities
-from PIL import Image
+from PIL import Image, ImageFile
 
+import lib.monitor
 from lib import synthetic
 from lib.datasets import PreparedImages
 from lib.export import export
@@ -16,6 +19,7 @@ from lib.predlog import PredictionLog
 from lib.prepare import prepare
 from lib.registry import CHAMPION
 from serving import create_app
+from serving.api import request_id_of
 
 pytestmark = pytest.mark.flow
 
@@ -168,6 +172,33 @@ def test_bad_input_is_a_json_4xx_and_the_server_goes_on(
     assert log_rows(app) == 1
 
 
+def test_too_many_pixels_in_one_request_are_refused_before_any_is_decoded(
+    app, client, faces, monkeypatch
+):
+    """Three 36-megapixel PNGs of a few KB each: under MAX_IMAGE_PIXELS one by one, over the
+    default MAX_REQUEST_PIXELS together. Decoding them would take seconds and 300 MB."""
+    big = encode(Image.new("1", (6000, 6000)), optimize=True)
+    with monkeypatch.context() as decoding:
+        decoding.setattr(ImageFile.ImageFile, "load", lambda image: pytest.fail("decoded"))
+        response = post_images(client, big, big, big)
+    assert response.status_code == 413
+    error = response.get_json()["error"]
+    assert error["code"] == "too_many_pixels" and "108,000,000" in error["message"]
+    assert log_rows(app) == 0
+    assert post_images(client, faces[0]).status_code == 200
+
+
+@pytest.mark.parametrize("given", ["abc-1", "a.b:c_D-9", "x" * 128])
+def test_a_plain_request_id_is_kept(given):
+    assert request_id_of(given) == given
+
+
+@pytest.mark.parametrize("given", ["abc\n", "ab c", "héllo", "ab/c", "x" * 129, "", None])
+def test_any_other_request_id_is_replaced(given):
+    made = request_id_of(given)
+    assert made != given and len(made) == 32 and made.isalnum()
+
+
 def test_one_bad_image_names_itself(client, faces):
     response = post_images(client, faces[0], b"not an image")
     assert response.status_code == 400
@@ -253,3 +284,30 @@ def test_drift_report_is_404_until_monitoring_ran(client):
     response = client.get("/monitoring/drift")
     assert response.status_code == 404
     assert "monitor_flow.py" in response.get_json()["error"]["message"]
+
+
+def test_drift_report_is_sandboxed_and_read_from_the_datastore_once(tmp_path, monkeypatch):
+    pathspec = f"MonitorFlow/{uuid.uuid4().hex}"  # new to the process's cache of reports
+    loaded = []
+
+    class FinishedMonitorRun:
+        def __init__(self, pathspec: str):
+            self.pathspec = pathspec
+
+        @property
+        def data(self) -> SimpleNamespace:
+            loaded.append(self.pathspec)  # each access unpickles from the datastore
+            return SimpleNamespace(report_html="<html><script>drawCharts()</script></html>")
+
+    monkeypatch.setattr(lib.monitor, "Run", FinishedMonitorRun)
+    monkeypatch.setattr(
+        lib.monitor, "successful_runs", lambda model_run: iter([FinishedMonitorRun(pathspec)])
+    )
+    client = make_app(tmp_path, MODEL_RUN="TrainFlow/999999").test_client()
+    for _ in range(2):
+        response = client.get("/monitoring/drift")
+        assert response.status_code == 200 and "drawCharts" in response.get_data(as_text=True)
+        assert response.headers["X-Monitor-Run"] == pathspec
+        assert response.headers["Content-Security-Policy"] == "sandbox allow-scripts"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert loaded == [pathspec]
