@@ -7,7 +7,7 @@ first node's address. Every other step is TrainFlow's.
         run --data gs://my-bucket/datasets/celeba --with kubernetes
 
 The nodes need a shared place for the prepared shards and the checkpoints: FACET_CACHE=gs://...
-and the GCS datastore (see README, "Scaling out").
+and the GCS datastore (see docs/scaling-out.md).
 """
 
 from metaflow import card, current, parallel, resources, retry, step, timeout

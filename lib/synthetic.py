@@ -80,7 +80,7 @@ CELEBA_RATES: dict[str, float] = {
 }
 ATTRIBUTES: list[str] = list(CELEBA_RATES)
 
-# Attributes with a visual cue in the rendered face; the README lists them too.
+# Attributes with a visual cue in the rendered face; docs/data.md lists them too.
 DRAWN_ATTRIBUTES: list[str] = [
     "Bald",
     "Bangs",
