@@ -41,7 +41,8 @@ def get(url: str, timeout: float = 10) -> tuple[int, bytes]:
 
 
 def post_image(url: str, image: bytes, request_id: str, timeout: float = 60) -> int | str:
-    """The status code, or the connection error a killed worker leaves behind."""
+    """The status code, or the connection error a killed worker leaves behind (a reset, or
+    an answer cut off mid-body: http.client.IncompleteRead)."""
     headers = {"Content-Type": "image/jpeg", "X-Request-ID": request_id}
     request = urllib.request.Request(url, data=image, headers=headers, method="POST")
     try:
@@ -51,8 +52,8 @@ def post_image(url: str, image: bytes, request_id: str, timeout: float = 60) -> 
             return response.status
     except urllib.error.HTTPError as error:
         return error.code
-    except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
-        return type(error).__name__
+    except (OSError, http.client.HTTPException) as error:
+        return type(error).__name__  # refused, reset or cut off mid-answer
 
 
 def served_model(base: str) -> str:
