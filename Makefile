@@ -1,6 +1,8 @@
 # make run   installs into .venv if needed, then trains the embedded default (synthetic, CPU).
 # make test  installs if needed, then runs ruff and pytest.
-# make test-fast  ruff and the tests outside the slow tiers (flow, gunicorn, emulator, image).
+# make test-fast  ruff and the tests outside the slow tiers (flow, gunicorn, emulator, image,
+#                 browser).
+# make screenshots  refreshes docs/screenshots/ from the browser tests (Chromium).
 # make serve serves the champion model over REST on $${PORT:-8000}.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -9,7 +11,7 @@ STAMP := $(VENV)/.installed
 # Metaflow needs a user name; shells without $$USER (CI, containers) get one.
 export METAFLOW_USER ?= $(or $(USER),facet)
 
-.PHONY: install run serve test test-fast lint format clean
+.PHONY: install run serve test test-fast screenshots lint format clean
 
 install: $(STAMP)
 
@@ -32,7 +34,10 @@ test: install lint
 	$(BIN)/python -m pytest
 
 test-fast: install lint
-	$(BIN)/python -m pytest -m "not (flow or gunicorn or emulator or image)"
+	$(BIN)/python -m pytest -m "not (flow or gunicorn or emulator or image or browser)"
+
+screenshots: install
+	FACET_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -m browser
 
 lint: install
 	$(BIN)/ruff check .

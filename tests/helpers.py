@@ -1,10 +1,17 @@
-"""What the tests share besides fixtures: paths, the flow launchers and the tolerances."""
+"""What the tests share besides fixtures: paths, the flow launchers, the service under gunicorn
+and the tolerances."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +150,60 @@ def use_gs_datastore(monkeypatch: pytest.MonkeyPatch, sysroot: str) -> None:
     monkeypatch.setenv("METAFLOW_DATASTORE_SYSROOT_GS", sysroot)
     monkeypatch.setattr(metaflow_config, "DEFAULT_DATASTORE", "gs")
     monkeypatch.setattr(metaflow_config, "DATASTORE_SYSROOT_GS", sysroot)
+
+
+def get(url: str, timeout: float = 10) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+@contextmanager
+def serving(tmp_path: Path, **environment: str) -> Iterator[tuple[subprocess.Popen, str, Path]]:
+    """gunicorn with serving/gunicorn.conf.py and 2 workers on a free port: (server, base URL,
+    its stderr's file), once every worker answers."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PREDICTION_LOG": str(tmp_path / "predictions.db"),
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "2",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+        **environment,
+    }
+    command = [sys.executable, "-m", "gunicorn", "--config", "serving/gunicorn.conf.py"]
+    errors = tmp_path / "err"
+    with errors.open("w") as stderr:
+        server = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_until_ready(base, errors)
+            yield server, base, errors
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(120)  # a worker still booting finishes loading first
+
+
+def wait_until_ready(base: str, errors: Path, seconds: float = 120) -> None:
+    """Several readiness checks in a row answered: every worker is up."""
+    deadline = time.monotonic() + seconds
+    ready = 0
+    while ready < 10:
+        assert time.monotonic() < deadline, errors.read_text()[-3000:]
+        try:
+            ready = ready + 1 if get(f"{base}/readyz")[0] == 200 else 0
+        except OSError:  # refused, or queued while the workers boot
+            ready = 0
+        time.sleep(0.1)
+
+
+def wait_for(condition: Callable[[], bool], seconds: float, errors: Path) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, errors.read_text()[-3000:]
+        time.sleep(0.2)

@@ -7,18 +7,17 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, free_port, run_flow, smoke_config, use_home
+from helpers import get, run_flow, serving, smoke_config, use_home, wait_for
 from metaflow import Run
 
 from lib import synthetic
@@ -30,14 +29,6 @@ pytestmark = [pytest.mark.gunicorn, pytest.mark.flow]
 
 REQUESTS = 300
 THREADS = ServingSettings().GUNICORN_THREADS  # requests a worker has in flight at most
-
-
-def get(url: str, timeout: float = 10) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
 
 
 def post_image(url: str, image: bytes, request_id: str, timeout: float = 60) -> int | str:
@@ -106,55 +97,6 @@ def kill_and_await_successor(server: subprocess.Popen, tmp_path: Path) -> None:
     wait_for(lambda: len(set(worker_pids(server.pid)) - set(workers)) == 1, 30, errors)
     (successor,) = set(worker_pids(server.pid)) - set(workers)
     wait_for(lambda: model_loaded(tmp_path, successor), 120, errors)
-
-
-def wait_until_ready(base: str, errors: Path, seconds: float = 120) -> None:
-    """Several readiness checks in a row answered: every worker is up."""
-    deadline = time.monotonic() + seconds
-    ready = 0
-    while ready < 10:
-        assert time.monotonic() < deadline, errors.read_text()[-3000:]
-        try:
-            ready = ready + 1 if get(f"{base}/readyz")[0] == 200 else 0
-        except OSError:  # refused, or queued while the workers boot
-            ready = 0
-        time.sleep(0.1)
-
-
-def wait_for(condition: Callable[[], bool], seconds: float, errors: Path) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, errors.read_text()[-3000:]
-        time.sleep(0.2)
-
-
-@contextmanager
-def serving(tmp_path: Path, **environment: str) -> Iterator[tuple[subprocess.Popen, str, Path]]:
-    """gunicorn with serving/gunicorn.conf.py and 2 workers on a free port: (server, base URL,
-    its stderr's file), once every worker answers."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "PREDICTION_LOG": str(tmp_path / "predictions.db"),
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "WEB_CONCURRENCY": "2",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-        **environment,
-    }
-    command = [sys.executable, "-m", "gunicorn", "--config", "serving/gunicorn.conf.py"]
-    errors = tmp_path / "err"
-    with errors.open("w") as stderr:
-        server = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_until_ready(base, errors)
-            yield server, base, errors
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(120)  # a worker still booting finishes loading first
 
 
 @pytest.fixture
