@@ -5,9 +5,10 @@
     python flows/monitor_flow.py argo-workflows create             # every hour on Argo
 
 `start` picks the model and the window, `detect` runs evidently on the window of the
-prediction log against the model's reference and makes the card, `end` tags the run `drift`
-and POSTs to ALERT_WEBHOOK_URL when it found drift. The logic lives in lib/: monitor (the
-model, the window, the rows and the reference), drift (the tests), cards (the card) and
+prediction log against the model's reference and makes the card, `end` makes a card of the
+model's runs so far (this one included), then tags the run `drift` and POSTs to
+ALERT_WEBHOOK_URL when it found drift. The logic lives in lib/: monitor (the model, the
+window, the rows, the reference and the history), drift (the tests), cards (the cards) and
 alerts (the tag and the webhook).
 """
 
@@ -58,12 +59,18 @@ class MonitorFlow(FlowSpec):
         print(f"{self.model_run}, {self.log_path}: {self.drift['message']}")
         self.next(self.end)
 
+    @card(type="blank")
     @step
     def end(self):
         from lib.alerts import raise_alarm
+        from lib.cards import history_card
+        from lib.monitor import history_with
 
+        pathspec = f"{current.flow_name}/{current.run_id}"
+        runs = history_with(pathspec, self.model_run, self.drift)
+        current.card.extend(history_card(self.model_run, runs))
         if self.drift["drift_detected"]:
-            raise_alarm(f"{current.flow_name}/{current.run_id}", self.model_run, self.drift)
+            raise_alarm(pathspec, self.model_run, self.drift)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Metaflow card contents for every flow, built here so the steps stay a few lines long:
-TrainFlow's (dataset, live training, evaluation) and MonitorFlow's (drift)."""
+TrainFlow's (dataset, live training, evaluation) and MonitorFlow's (drift, and the history of
+a model's runs, whose charts serving's /monitoring page draws too)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import html
 import math
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -14,6 +16,20 @@ from metaflow.cards import Image, Markdown, ProgressBar, Table, VegaChart
 from PIL import Image as PILImage
 
 from lib.drift import INSUFFICIENT, describe_window, drifted_columns
+
+VERDICTS = {True: "drift detected", False: "no drift", None: INSUFFICIENT}
+# A drift score on a chart: -log10 of a p-value. symlog: a column far past the threshold
+# (p = 1e-30) must not flatten all the others.
+MINUS_LOG10_P = {"type": "quantitative", "title": "-log10 p-value", "scale": {"type": "symlog"}}
+# Window ends on the x axis, in UTC like the tables (a utc scale formats its ticks in UTC).
+_WINDOW_END = {
+    "field": "window_end",
+    "type": "temporal",
+    "title": "window end (UTC)",
+    "scale": {"type": "utc"},
+    "axis": {"format": "%Y-%m-%d %H:%M"},
+}
+HISTORY_HEADERS = ("run", "window", "verdict", "rows", "most drifted columns (p-value)")
 
 
 def _vega_lite(title: str, width: int, height: int, **spec: Any) -> dict[str, Any]:
@@ -192,9 +208,8 @@ def prediction_grid(
 
 def drift_card(model_run: str, drift: dict[str, Any], report_html: str | None) -> list:
     """MonitorFlow's detect step: summary, per-column scores, and evidently's full report."""
-    verdict = {True: "drift detected", False: "no drift", None: INSUFFICIENT}
     components = [
-        Markdown(f"# Drift: {verdict[drift['drift_detected']]}\n\n{drift['message']}"),
+        Markdown(f"# Drift: {VERDICTS[drift['drift_detected']]}\n\n{drift['message']}"),
         Table(_drift_summary_rows(model_run, drift), headers=["", ""]),
     ]
     if report_html is None:
@@ -233,29 +248,133 @@ def _drift_summary_rows(model_run: str, drift: dict[str, Any]) -> list[list[str]
 
 def _drift_score_chart(drift: dict[str, Any]) -> dict[str, Any]:
     """-log10 of each column's p-value, against the threshold's: bars past the line drifted."""
-    threshold = -math.log10(next(iter(drift["columns"].values()))["threshold"])
+    threshold = minus_log10(next(iter(drift["columns"].values()))["threshold"])
     values = [
-        {"column": name, "score": -math.log10(max(c["score"], 1e-300)), "drifted": c["drifted"]}
+        {"column": name, "score": minus_log10(c["score"]), "drifted": c["drifted"]}
         for name, c in drift["columns"].items()
     ]
-    # symlog: a column far past the line (p = 1e-30) must not flatten all the others.
-    y = {"type": "quantitative", "title": "-log10 p-value", "scale": {"type": "symlog"}}
     bars = {
         "data": {"values": values},
         "mark": "bar",
         "encoding": {
             "x": {"field": "column", "type": "nominal", "sort": None},
-            "y": {"field": "score", **y},
+            "y": {"field": "score", **MINUS_LOG10_P},
             "color": {"field": "drifted", "type": "nominal"},
         },
     }
     line = {
         "data": {"values": [{"threshold": threshold}]},
         "mark": {"type": "rule", "color": "red"},
-        "encoding": {"y": {"field": "threshold", **y}},
+        "encoding": {"y": {"field": "threshold", **MINUS_LOG10_P}},
     }
     title = "per-column drift: -log10 p-value (drifted past the line)"
     return _vega_lite(title, 700, 220, layer=[bars, line])
+
+
+def minus_log10(p_value: float) -> float:
+    return -math.log10(max(p_value, 1e-300))
+
+
+def history_card(model_run: str, history: list[dict[str, Any]]) -> list:
+    """MonitorFlow's end step: the charts and table of the model's runs (lib.monitor.history,
+    newest first)."""
+    charts = history_charts(history)
+    rows = [list(history_row(run).values()) for run in history]
+    return [
+        Markdown(f"# Monitoring history of {model_run}\n\n{len(history)} runs, newest first."),
+        VegaChart(charts["verdicts"]),
+        VegaChart(charts["scores"]),
+        Table(rows, headers=list(HISTORY_HEADERS)),
+    ]
+
+
+def history_row(run: dict[str, Any]) -> dict[str, str]:
+    """One run of the history as the card's and the /monitoring page's table show it."""
+    columns = ", ".join(f"{c['column']} {c['score']:.1e}" for c in run["top_columns"])
+    cells = (
+        run["pathspec"],
+        describe_window((run["window_start"], run["window_end"])),
+        VERDICTS[run["drift_detected"]],
+        str(run["n_current"]),
+        columns or "-",
+    )
+    return dict(zip(HISTORY_HEADERS, cells, strict=True))
+
+
+def history_charts(history: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Vega-Lite specs over a model's MonitorFlow runs (lib.monitor.history): `verdicts`, the
+    rows each window tested coloured by its verdict, and `scores`, the -log10 p-values of each
+    run's most drifted columns against the threshold. MonitorFlow's end card and serving's
+    /monitoring page both draw these."""
+    return {"verdicts": _verdict_history_chart(history), "scores": _score_history_chart(history)}
+
+
+def _window_end(run: dict[str, Any]) -> str:
+    return datetime.fromtimestamp(run["window_end"], UTC).isoformat()
+
+
+def _verdict_history_chart(history: list[dict[str, Any]]) -> dict[str, Any]:
+    values = [
+        {
+            "window_end": _window_end(run),
+            "rows": run["n_current"],
+            "verdict": VERDICTS[run["drift_detected"]],
+            "run": run["pathspec"],
+        }
+        for run in history
+    ]
+    colours = {"drift detected": "#d62728", "no drift": "#2ca02c", INSUFFICIENT: "#9e9e9e"}
+    verdict = {
+        "field": "verdict",
+        "type": "nominal",
+        "scale": {"domain": list(colours), "range": list(colours.values())},
+    }
+    return _vega_lite(
+        "verdict and rows tested per window",
+        700,
+        200,
+        data={"values": values},
+        mark={"type": "point", "filled": True, "size": 90},
+        encoding={
+            "x": _WINDOW_END,
+            "y": {"field": "rows", "type": "quantitative", "title": "rows tested"},
+            "color": verdict,
+            "tooltip": [{"field": "run"}, {"field": "verdict"}, {"field": "rows"}],
+        },
+    )
+
+
+def _score_history_chart(history: list[dict[str, Any]]) -> dict[str, Any]:
+    scores = [
+        {"window_end": _window_end(run), "column": c["column"], "score": minus_log10(c["score"])}
+        for run in history
+        for c in run["top_columns"]
+    ]
+    thresholds = [
+        {
+            "window_end": _window_end(run),
+            "threshold": minus_log10(run["top_columns"][0]["threshold"]),
+        }
+        for run in history
+        if run["top_columns"]
+    ]
+    columns = {
+        "data": {"values": scores},
+        "mark": {"type": "line", "point": True},
+        "encoding": {
+            "x": _WINDOW_END,
+            "y": {"field": "score", **MINUS_LOG10_P},
+            "color": {"field": "column", "type": "nominal"},
+            "tooltip": [{"field": "column"}, {"field": "score", "format": ".1f"}],
+        },
+    }
+    threshold = {
+        "data": {"values": thresholds},
+        "mark": {"type": "line", "color": "red", "strokeDash": [4, 4]},
+        "encoding": {"x": _WINDOW_END, "y": {"field": "threshold", **MINUS_LOG10_P}},
+    }
+    title = "the most drifted columns per window: -log10 p-value (drifted past the red line)"
+    return _vega_lite(title, 700, 220, layer=[columns, threshold])
 
 
 def _iframe(report_html: str) -> str:

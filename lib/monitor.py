@@ -1,13 +1,15 @@
 """MonitorFlow's queries: which window of the log a run tests, the rows and the reference it
-compares, and the reports earlier runs left. The statistics are in lib.drift, the alert in
-lib.alerts and the card in lib.cards."""
+compares, and what earlier runs left: their reports and the history of their verdicts. The
+statistics are in lib.drift, the alert in lib.alerts and the cards in lib.cards."""
 
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from metaflow import Run, namespace
@@ -18,6 +20,10 @@ from lib.predlog import PredictionLog
 from lib.registry import newest_runs
 
 MONITOR_FLOW = "MonitorFlow"
+# The history: a model's newest runs (a week of hourly runs), and the most drifted columns
+# (smallest p-values) it names for each.
+HISTORY_RUNS = 168
+TOP_COLUMNS = 5
 
 
 def newest_report(model_run: str | None = None) -> tuple[str, str] | None:
@@ -41,8 +47,52 @@ def report_html(pathspec: str) -> str | None:
 def successful_runs(model_run: str | None = None) -> Iterator[Run]:
     """MonitorFlow's successful runs, newest first, for `model_run` if given."""
     for run in newest_runs([MONITOR_FLOW]):
-        if run.successful and (model_run is None or run.data.model_run == model_run):
+        if run.successful and (
+            model_run is None or run_summary(run.pathspec)["model_run"] == model_run
+        ):
             yield run
+
+
+def history(model_run: str) -> list[dict[str, Any]]:
+    """run_summary of the HISTORY_RUNS newest successful MonitorFlow runs that tested
+    `model_run`, newest first."""
+    runs = itertools.islice(successful_runs(model_run), HISTORY_RUNS)
+    return [run_summary(run.pathspec) for run in runs]
+
+
+def history_with(pathspec: str, model_run: str, drift: dict[str, Any]) -> list[dict[str, Any]]:
+    """The history with a run that is not successful yet on top: MonitorFlow's end step adds
+    its own."""
+    return [summarise_run(pathspec, model_run, drift), *history(model_run)[: HISTORY_RUNS - 1]]
+
+
+@functools.lru_cache(maxsize=4096)
+def run_summary(pathspec: str) -> dict[str, Any]:
+    """A finished MonitorFlow run's summarise_run, read from the datastore once per process
+    (its `model_run` and `drift`; never the report). Callers share the dict: read it only."""
+    namespace(None)
+    data = Run(pathspec).data
+    return summarise_run(pathspec, data.model_run, data.drift)
+
+
+def summarise_run(pathspec: str, model_run: str, drift: dict[str, Any]) -> dict[str, Any]:
+    """One run of the history: its window, verdict (drift_detected: True, False, or None
+    without enough rows), rows tested and its TOP_COLUMNS most drifted columns, most first."""
+    ranked = sorted(drift["columns"].items(), key=lambda item: item[1]["score"])
+    return {
+        "pathspec": pathspec,
+        "run_id": pathspec.rsplit("/", 1)[-1],
+        "model_run": model_run,
+        "window_start": drift["window_start"],
+        "window_end": drift["window_end"],
+        "drift_detected": drift["drift_detected"],
+        "n_current": drift["n_current"],
+        "top_columns": [
+            {"column": name, **{k: c[k] for k in ("score", "threshold", "drifted")}}
+            for name, c in ranked[:TOP_COLUMNS]
+        ],
+        "message": drift["message"],
+    }
 
 
 def choose_window(model_run: str, window_hours: float = 0.0) -> Window:

@@ -18,7 +18,7 @@ def create_app(overrides: dict[str, Any] | None = None, *, load_model_now: bool 
     """The service, configured from the environment (lib.settings.ServingSettings, read
     once here) and then `overrides`. The model loads in the background, or before this returns
     with `load_model_now` (gunicorn: its worker accepts connections only after that)."""
-    from serving import api, auth, errors, metrics, state
+    from serving import api, auth, dashboard, errors, metrics, pages, state
 
     app = Flask(__name__)
     app.config.from_mapping(ServingSettings().flask_config())
@@ -29,4 +29,6 @@ def create_app(overrides: dict[str, Any] | None = None, *, load_model_now: bool 
     auth.register(app)
     state.init_app(app, load_model_now)
     app.register_blueprint(api.blueprint)
+    app.register_blueprint(pages.blueprint)
+    app.register_blueprint(dashboard.blueprint)
     return app

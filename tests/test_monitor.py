@@ -15,7 +15,9 @@ from test_flow import card_text
 from lib import synthetic
 from lib.alerts import DRIFT_TAG
 from lib.drift import INSUFFICIENT, drifted_columns
+from lib.monitor import TOP_COLUMNS, history
 from serving import create_app
+from serving.api import REPORT_HEADERS
 
 pytestmark = pytest.mark.flow
 
@@ -111,7 +113,8 @@ def test_each_run_tests_the_rows_logged_since_the_last_verdict(
     model_run, service, tmp_path, monkeypatch
 ):
     nowhere = tmp_path / "nowhere.db"
-    missing = run_monitor(model_run=model_run, log=str(nowhere)).data.drift
+    missing_run = run_monitor(model_run=model_run, log=str(nowhere))
+    missing = missing_run.data.drift
     assert missing["drift_detected"] is None and INSUFFICIENT in missing["message"]
     assert not nowhere.exists()
 
@@ -125,10 +128,59 @@ def test_each_run_tests_the_rows_logged_since_the_last_verdict(
     assert INSUFFICIENT in drift["message"]
 
     send_faces(service, tmp_path / "b", 20, seed=22)
-    first = run_monitor(min_rows=20).data.drift  # the 10 rows left untested come along
+    first_run = run_monitor(min_rows=20)  # the 10 rows left untested come along
+    first = first_run.data.drift
     assert (first["drift_detected"], first["n_current"], first["window_start"]) == (False, 30, None)
 
     send_faces(service, tmp_path / "c", 25, seed=23)
-    second = run_monitor(min_rows=20).data.drift
+    second_run = run_monitor(min_rows=20)
+    second = second_run.data.drift
     assert (second["n_current"], second["window_start"]) == (25, first["window_end"])
-    assert run_monitor(min_rows=20, window_hours=1.0).data.drift["n_current"] == 55
+    last = run_monitor(min_rows=20, window_hours=1.0)
+    assert last.data.drift["n_current"] == 55
+
+    newest_first = [last, second_run, first_run, few, missing_run]
+    assert_history_lists(model_run, newest_first)
+    # The end step's card: the runs so far, its own included though it was not finished yet.
+    content = card_text(get_cards(last["end"].task)[0].get())
+    assert "verdict and rows tested per window" in content and "most drifted columns" in content
+    assert all(run.pathspec in content for run in newest_first)
+    assert_dashboard_serves(service.test_client(), model_run, newest_first)
+
+
+def assert_history_lists(model_run: str, newest_first: list) -> None:
+    """history() names each run with its window, verdict, rows and most drifted columns."""
+    runs = history(model_run)
+    assert [run["pathspec"] for run in runs] == [run.pathspec for run in newest_first]
+    for listed, run in zip(runs, newest_first, strict=True):
+        drift = run.data.drift
+        keys = ["window_start", "window_end", "drift_detected", "n_current"]
+        assert [listed[k] for k in keys] == [drift[k] for k in keys]
+        scores = sorted(column["score"] for column in drift["columns"].values())
+        assert [c["score"] for c in listed["top_columns"]] == scores[:TOP_COLUMNS]
+        assert all(
+            drift["columns"][c["column"]]["score"] == c["score"] for c in listed["top_columns"]
+        )
+
+
+def assert_dashboard_serves(client, model_run: str, newest_first: list) -> None:
+    """/monitoring lists the served model's runs, /monitoring/history the same as JSON, and
+    each run with a verdict links to its report."""
+    assert client.get("/monitoring/history").get_json() == {
+        "model": model_run,
+        "runs": history(model_run),
+    }
+    page = client.get("/monitoring").get_data(as_text=True)
+    assert page.count('<tr class="run"') == len(newest_first)
+    for run in newest_first:
+        report = client.get(f"/monitoring/runs/{run.id}/report")
+        if run.data.report_html is None:
+            assert report.status_code == 404
+            assert report.get_json()["error"]["code"] == "no_drift_report"
+            assert f"/monitoring/runs/{run.id}/report" not in page
+        else:
+            assert report.status_code == 200 and report.mimetype == "text/html"
+            assert report.get_data(as_text=True) == run.data.report_html
+            assert report.headers["X-Monitor-Run"] == run.pathspec
+            assert all(report.headers[k] == v for k, v in REPORT_HEADERS.items())
+            assert f"/monitoring/runs/{run.id}/report" in page
