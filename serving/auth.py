@@ -1,8 +1,9 @@
 """Optional bearer-token authentication (RFC 6750: `Authorization: Bearer <key>`).
 
-With API_KEYS or API_KEYS_FILE set, every endpoint but the probes (/healthz, /readyz) needs
-one of those keys; /metrics needs METRICS_KEY when that is set and is open otherwise. Keys are
-compared in constant time against every configured key, and never logged or echoed.
+With API_KEYS or API_KEYS_FILE set, every endpoint but the probes (/healthz, /readyz), the
+pages for people (/, /docs, /openapi.json) and static files needs one of those keys; /metrics
+needs METRICS_KEY when that is set and is open otherwise. Keys are compared in constant time
+against every configured key, and never logged or echoed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pydantic import SecretStr
 
 from serving.errors import error_response
 
-OPEN = frozenset({"/healthz", "/readyz"})
+OPEN = frozenset({"/healthz", "/readyz", "/", "/docs", "/openapi.json"})
 METRICS = "/metrics"
 SCHEME = "Bearer"
 
@@ -30,9 +31,14 @@ def register(app: Flask) -> None:
     @app.before_request
     def authenticate() -> Response | None:
         keys = metrics_keys if request.path == METRICS else api_keys
-        if request.path in OPEN or not keys:
+        if request.path in OPEN or is_static(request.endpoint) or not keys:
             return None
         return refusal(presented_key(), keys)
+
+
+def is_static(endpoint: str | None) -> bool:
+    """A static-file endpoint, the app's or a blueprint's: a page's scripts and styles."""
+    return endpoint is not None and endpoint.rpartition(".")[2] == "static"
 
 
 def configured_api_keys(config: dict[str, Any]) -> list[bytes]:

@@ -1,25 +1,63 @@
 """Every error is JSON: {"error": {"code": ..., "message": ...}}. A request's own content
-never produces a 500: decoding and validation raise ApiError with a 4xx status."""
+never produces a 500: decoding and validation raise ApiError with a 4xx status.
+
+ERRORS is every code the service answers with, its status and what it means: ApiError and
+error_response take only its pairs of status and code, and /openapi.json documents it."""
 
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
-from flask import Flask, jsonify
+from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
 
 
+class ErrorCode(NamedTuple):
+    status: int
+    meaning: str
+
+
+ERRORS: dict[str, ErrorCode] = {
+    "no_image": ErrorCode(400, "no `image` field, or a wrong field name (the message lists them)"),
+    "empty_image": ErrorCode(400, "an empty file or body"),
+    "invalid_image": ErrorCode(400, "not a JPEG, PNG or WebP image, or a truncated or damaged one"),
+    "image_too_large": ErrorCode(400, "more than MAX_IMAGE_PIXELS pixels in an image's header"),
+    "too_many_images": ErrorCode(400, "more images than MAX_BATCH"),
+    "bad_request": ErrorCode(400, "a request Werkzeug could not parse"),
+    "unauthorized": ErrorCode(401, "no bearer key, or a wrong one, where keys are configured"),
+    "not_found": ErrorCode(404, "no such endpoint"),
+    "no_drift_report": ErrorCode(404, "no drift report yet for the model, or none by that run"),
+    "method_not_allowed": ErrorCode(405, "the endpoint does not answer this HTTP method"),
+    "request_entity_too_large": ErrorCode(413, "a body over MAX_UPLOAD_MB"),
+    "too_many_pixels": ErrorCode(413, "more than MAX_REQUEST_PIXELS pixels in all the images"),
+    "unsupported_media_type": ErrorCode(415, "a content type other than multipart or image/*"),
+    "requested_range_not_satisfiable": ErrorCode(416, "a Range header beyond a static file"),
+    "internal_error": ErrorCode(500, "the server failed; its log says why"),
+    "not_ready": ErrorCode(503, "the model is not loaded yet (the message says why)"),
+}
+
+
 class ApiError(Exception):
+    """An error answered as `status` and `code`: a pair of ERRORS, or a ValueError here."""
+
     def __init__(self, status: int, code: str, message: str):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message = registered(status, code), code, message
 
 
-def error_response(status: int, code: str, message: str):
+def registered(status: int, code: str) -> int:
+    """`status`, when ERRORS registers `code` with it; no other code or status is answered."""
+    if code not in ERRORS or ERRORS[code].status != status:
+        raise ValueError(f"{status} {code} is not an error of serving.errors.ERRORS")
+    return status
+
+
+def error_response(status: int, code: str, message: str) -> Response:
     response = jsonify({"error": {"code": code, "message": message}})
-    response.status_code = status
+    response.status_code = registered(status, code)
     return response
 
 
@@ -30,8 +68,12 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
+        """Werkzeug's own errors (404, 405, 413, ...), under their names in ERRORS."""
         code = (error.name or "error").lower().replace(" ", "_")
-        return error_response(error.code or 500, code, error.description or error.name)
+        known = ERRORS.get(code)
+        if known is None or known.status != error.code:
+            return unexpected(error)
+        return error_response(known.status, code, error.description or error.name)
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception):
