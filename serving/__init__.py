@@ -7,11 +7,34 @@ MODEL_DIR=exported/ make serve              # a folder written by python -m lib.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
 from lib.settings import ServingSettings
+
+
+class StrictJSON(DefaultJSONProvider):
+    """JSON that every parser reads: a number that is not finite (the ROC AUC of an attribute
+    with no positive test example is NaN) is sent as null; attributes keep the model's order."""
+
+    sort_keys = False
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        return super().dumps(finite(obj), allow_nan=False, **kwargs)
+
+
+def finite(value: Any) -> Any:
+    """`value` with every NaN or infinity inside dicts, lists and tuples replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(item) for item in value]
+    return value
 
 
 def create_app(overrides: dict[str, Any] | None = None, *, load_model_now: bool = False) -> Flask:
@@ -21,9 +44,9 @@ def create_app(overrides: dict[str, Any] | None = None, *, load_model_now: bool 
     from serving import api, auth, dashboard, errors, metrics, pages, state
 
     app = Flask(__name__)
+    app.json = StrictJSON(app)
     app.config.from_mapping(ServingSettings().flask_config())
     app.config.update(overrides or {})
-    app.json.sort_keys = False  # attributes keep the model's order
     errors.register(app)
     metrics.register(app)
     auth.register(app)
