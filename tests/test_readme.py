@@ -34,11 +34,21 @@ SKIP = {
     "python flows/monitor_flow.py run": "needs a run tagged champion, which the smoke run need "
     "not be; the --model-run form of the same flow runs",
     "python flows/monitor_flow.py argo-workflows": "needs Kubernetes with Argo Workflows",
+    "python flows/train_flow.py --config config flows/configs/celeba-vit-base.json "
+    "argo-workflows": "needs Kubernetes with Argo Workflows; tests/test_deploy.py compiles it "
+    "with --only-json on the GCS emulator",
+    "make base-image": "debootstraps Debian for minutes; tests/test_image.py runs it where "
+    "podman or docker works and the base is missing",
+    "make image": "builds the image for minutes; tests/test_image.py builds it where podman "
+    "or docker works",
+    "podman run": "needs the image: tests/test_image.py runs it so, read-only with a model "
+    "mounted read-only",
     "python flows/train_multinode_flow.py": "the README shows it on a Kubernetes cluster; "
     "tests/test_scale.py runs it locally",
     "gcloud": "needs a Google Cloud account",
     "kubectl": "needs a Kubernetes cluster",
-    "export METAFLOW_": "cloud settings for the commands after it",
+    "export": "cloud settings for the commands after it (tests/test_deploy.py compiles the "
+    "flows with the README's METAFLOW_KUBERNETES_* and METAFLOW_ARGO_* values)",
 }
 
 # Commands that are cheap and offline, run in the order the README gives them. `<run id>` is the
