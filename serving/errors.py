@@ -2,11 +2,14 @@
 never produces a 500: decoding and validation raise ApiError with a 4xx status.
 
 ERRORS is every code the service answers with, its status and what it means: ApiError and
-error_response take only its pairs of status and code, and /openapi.json documents it."""
+error_response take only its pairs of status and code, and /openapi.json documents it.
+`python -m serving.errors docs/serving.md` writes it as that page's table."""
 
 from __future__ import annotations
 
 import logging
+import sys
+from pathlib import Path
 from typing import NamedTuple
 
 from flask import Flask, Response, jsonify
@@ -79,3 +82,15 @@ def register(app: Flask) -> None:
     def unexpected(error: Exception):
         log.exception("unhandled error")
         return error_response(500, "internal_error", "the server failed; see its log")
+
+
+def markdown_table() -> str:
+    """ERRORS as a Markdown table, for docs/serving.md."""
+    rows = [f"| `{code}` | {error.status} | {error.meaning} |" for code, error in ERRORS.items()]
+    return "\n".join(["| code | status | meaning |", "|---|---|---|", *rows])
+
+
+if __name__ == "__main__":
+    from lib.config import write_table
+
+    write_table(Path(sys.argv[1]), "error-table", markdown_table())

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from serving.auth import METRICS, OPEN
-from serving.errors import ERRORS
+from serving.errors import ERRORS, markdown_table
 
 SCHEME = "bearer"
 JSON = "application/json"
@@ -354,14 +354,6 @@ def error_responses(codes: Iterable[str]) -> dict[str, dict[str, Any]]:
 
 
 def errors_table() -> str:
-    """Markdown: every error code, its status and meaning."""
-    rows = [f"| `{code}` | {error.status} | {error.meaning} |" for code, error in ERRORS.items()]
-    return "\n".join(
-        [
-            'Every error is JSON: `{"error": {"code": ..., "message": ...}}`.',
-            "",
-            "| code | status | meaning |",
-            "|---|---|---|",
-            *rows,
-        ]
-    )
+    """Markdown: the error body, then every error code, its status and meaning."""
+    body = 'Every error is JSON: `{"error": {"code": ..., "message": ...}}`.'
+    return f"{body}\n\n{markdown_table()}"

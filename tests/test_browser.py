@@ -130,9 +130,7 @@ def test_docs_and_the_monitoring_history_render(server, browser, faces, tmp_path
     assert len(wait_for_elements(browser, "#runs tr.run", 2)) == 2
     points = wait_for_elements(browser, "#chart-verdicts svg .mark-symbol.role-mark path", 2)
     assert len(points) == 2  # one per MonitorFlow run
-    wait_for_elements(
-        browser, "#chart-scores svg .role-mark path"
-    )
+    wait_for_elements(browser, "#chart-scores svg .role-mark path")
     screenshot(browser, "monitoring", tmp_path)
 
     browser.get(f"{base}/docs")

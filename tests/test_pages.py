@@ -10,6 +10,7 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
+from helpers import ROOT
 from openapi_core import OpenAPI
 from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAPIResponse
 from openapi_core.validation.response.exceptions import InvalidData
@@ -23,7 +24,7 @@ from serving import create_app, openapi
 # loaded a flow in this process, importing transformers fails on its vendored typing_extensions.
 from serving.api import FIELD
 from serving.auth import is_static
-from serving.errors import ERRORS
+from serving.errors import ERRORS, markdown_table
 
 PAGE_WEIGHT_LIMIT = 200_000
 ANY_URL = re.compile(rb"https?://")
@@ -186,6 +187,11 @@ def test_pages_need_no_key_and_documented_security_is_what_the_service_asks(keye
         operation = openapi.document()["paths"][path][method.lower()]
         asks = keyed.open(concrete(path), method=method).status_code == 401
         assert asks == ({} not in operation["security"]), (method, path)
+
+
+def test_the_docs_table_of_errors_is_the_registry():
+    text = (ROOT / "docs" / "serving.md").read_text()
+    assert markdown_table() in text, "run: python -m serving.errors docs/serving.md"
 
 
 def test_every_error_code_is_documented_with_its_status():
