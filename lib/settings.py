@@ -84,7 +84,7 @@ class ServingSettings(_Environment):
         "", description="folder for multi-process metrics (gunicorn makes a fresh one)"
     )
     API_KEYS: SecretStr | None = Field(
-        None, description="comma-separated bearer keys: /predict, /model, /monitoring* then need one"
+        None, description="comma-separated bearer keys: /predict, /model, /monitoring* need one"
     )
     API_KEYS_FILE: str | None = Field(
         None, description="a file of bearer keys, one a line (with or instead of API_KEYS)"
