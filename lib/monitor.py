@@ -103,8 +103,9 @@ def choose_window(model_run: str, window_hours: float = 0.0) -> Window:
     if window_hours > 0:
         return end - window_hours * 3600, end
     for run in successful_runs(model_run):
-        if run.data.drift["drift_detected"] is not None:
-            return run.data.drift["window_end"], end
+        summary = run_summary(run.pathspec)
+        if summary["drift_detected"] is not None:
+            return summary["window_end"], end
     return None, end
 
 
