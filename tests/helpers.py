@@ -160,6 +160,18 @@ def get(url: str, timeout: float = 10) -> tuple[int, bytes]:
         return error.code, error.read()
 
 
+def post_jpeg(url: str, image: bytes, request_id: str | None = None, timeout: float = 60):
+    """POST one JPEG as the body: (status, the JSON answer; {} for an error status). Connection
+    errors (refused, reset, cut off mid-answer) are raised."""
+    headers = {"Content-Type": "image/jpeg", **({"X-Request-ID": request_id} if request_id else {})}
+    request = urllib.request.Request(url, data=image, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, {}
+
+
 @contextmanager
 def serving(tmp_path: Path, **environment: str) -> Iterator[tuple[subprocess.Popen, str, Path]]:
     """gunicorn with serving/gunicorn.conf.py and 2 workers on a free port: (server, base URL,
@@ -182,19 +194,21 @@ def serving(tmp_path: Path, **environment: str) -> Iterator[tuple[subprocess.Pop
         )
         base = f"http://127.0.0.1:{port}"
         try:
-            wait_until_ready(base, errors)
+            wait_until_ready(base, lambda: errors.read_text()[-3000:])
             yield server, base, errors
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(120)  # a worker still booting finishes loading first
 
 
-def wait_until_ready(base: str, errors: Path, seconds: float = 120) -> None:
-    """Several readiness checks in a row answered: every worker is up."""
+def wait_until_ready(base: str, explain: Callable[[], str], seconds: float = 120) -> None:
+    """Several readiness checks in a row answered: every worker is up. If they are not within
+    `seconds`, fails with what `explain` returns (the server's log)."""
     deadline = time.monotonic() + seconds
     ready = 0
     while ready < 10:
-        assert time.monotonic() < deadline, errors.read_text()[-3000:]
+        if time.monotonic() > deadline:
+            raise AssertionError(explain())
         try:
             ready = ready + 1 if get(f"{base}/readyz")[0] == 200 else 0
         except OSError:  # refused, or queued while the workers boot

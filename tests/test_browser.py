@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import assert_same_probabilities, run_monitor, serving
+from helpers import assert_same_probabilities, post_jpeg, run_monitor, serving
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -67,14 +67,9 @@ def faces(tmp_path_factory) -> list[Path]:
 
 
 def predict(base: str, image: Path) -> dict:
-    request = urllib.request.Request(
-        f"{base}/predict",
-        data=image.read_bytes(),
-        headers={"Content-Type": "image/jpeg"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.loads(response.read())
+    status, answer = post_jpeg(f"{base}/predict", image.read_bytes())
+    assert status == 200, status
+    return answer
 
 
 def wait_for_elements(driver: WebDriver, css: str, count: int = 1) -> list:

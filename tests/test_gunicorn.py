@@ -9,15 +9,13 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import get, run_flow, serving, smoke_config, use_home, wait_for
+from helpers import get, post_jpeg, run_flow, serving, smoke_config, use_home, wait_for
 from metaflow import Run
 
 from lib import synthetic
@@ -34,17 +32,13 @@ THREADS = ServingSettings().GUNICORN_THREADS  # requests a worker has in flight 
 def post_image(url: str, image: bytes, request_id: str, timeout: float = 60) -> int | str:
     """The status code, or the connection error a killed worker leaves behind (a reset, or
     an answer cut off mid-body: http.client.IncompleteRead)."""
-    headers = {"Content-Type": "image/jpeg", "X-Request-ID": request_id}
-    request = urllib.request.Request(url, data=image, headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            body = json.loads(response.read())
-            assert body["request_id"] == request_id
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
+        status, body = post_jpeg(url, image, request_id, timeout)
     except (OSError, http.client.HTTPException) as error:
         return type(error).__name__  # refused, reset or cut off mid-answer
+    if status == 200:
+        assert body["request_id"] == request_id
+    return status
 
 
 def served_model(base: str) -> str:

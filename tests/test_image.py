@@ -14,14 +14,20 @@ import shutil
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, SMOKE, assert_same_probabilities, free_port, get, use_home
+from helpers import (
+    ROOT,
+    SMOKE,
+    assert_same_probabilities,
+    free_port,
+    post_jpeg,
+    use_home,
+    wait_until_ready,
+)
 from metaflow import Flow, Run
 
 from lib import synthetic
@@ -186,20 +192,10 @@ def faces(tmp_path) -> list[bytes]:
     return [p.read_bytes() for p in sorted(Path(root, "img_align_celeba").iterdir())]
 
 
-def post(url: str, image: bytes, request_id: str, timeout: float = 60) -> tuple[int, dict]:
-    headers = {"Content-Type": "image/jpeg", "X-Request-ID": request_id}
-    request = urllib.request.Request(url, data=image, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, {}
-
-
 def answered(url: str, image: bytes, request_id: str) -> bool:
     """The request got its 200; False when refused, reset or cut off by the shutdown."""
     try:
-        status, body = post(url, image, request_id)
+        status, body = post_jpeg(url, image, request_id)
     except OSError:
         return False
     return status == 200 and body["request_id"] == request_id
@@ -235,14 +231,14 @@ def test_the_service_serves_read_only_matches_the_predictor_and_drains_on_sigter
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until_ready(base, name)
+        wait_until_ready(base, lambda: engine("logs", name, check=False).stderr[-3000:], 180)
         inspected = json.loads(engine("inspect", name).stdout)[0]
         assert inspected["HostConfig"]["ReadonlyRootfs"] is True
         assert engine("exec", name, "id", "-u").stdout.strip() == "10001"
         assert engine("exec", name, "touch", "/app/x", check=False).returncode != 0
 
         # The same JPEG through the container and through the Predictor in this process.
-        status, body = post(f"{base}/predict", faces[0], "same-1")
+        status, body = post_jpeg(f"{base}/predict", faces[0], "same-1")
         assert status == 200
         assert body["model"] == trained_run.pathspec
         predictor = Predictor.from_dir(model)
@@ -274,17 +270,3 @@ def test_the_service_serves_read_only_matches_the_predictor_and_drains_on_sigter
     logged = set(PredictionLog(log_folder / "predictions.db").read()["request_id"])
     assert done <= logged  # every answered prediction is in the log on the volume
     assert "same-1" in logged
-
-
-def wait_until_ready(base: str, name: str, seconds: float = 180) -> None:
-    """/readyz answers 200 several times in a row (every worker loaded); the container's log
-    if it never does."""
-    deadline, ready = time.monotonic() + seconds, 0
-    while ready < 10:
-        if time.monotonic() > deadline:
-            raise AssertionError(engine("logs", name, check=False).stderr[-3000:])
-        try:
-            ready = ready + 1 if get(f"{base}/readyz")[0] == 200 else 0
-        except OSError:
-            ready = 0
-        time.sleep(0.2)
