@@ -314,21 +314,22 @@ def train(
         if on_step:
             on_step(step)
     bar.close()
-    model = accelerator.unwrap_model(run.model)
-    finish(accelerator, run)
+    model = finish(accelerator, run)
     return TrainResult(
         model, progress.history, progress.step, resumed_from_step, accelerator.num_processes
     )
 
 
-def finish(accelerator: Accelerator, run: Training) -> None:
-    """Let go of the DistributedDataParallel wrapper, then of the process group, in that
-    order. The other way round, the wrapper's reducer holds the group's last reference, and
-    gloo's destructor, run with the GIL held, waits for a worker thread that needs the GIL to
-    release the tensors of a finished collective: the rank hangs after training."""
+def finish(accelerator: Accelerator, run: Training) -> torch.nn.Module:
+    """The trained model, unwrapped. Lets go of the DistributedDataParallel wrapper, then of
+    the process group, in that order. The other way round, the wrapper's reducer holds the
+    group's last reference, and gloo's destructor, run with the GIL held, waits for a worker
+    thread that needs the GIL to release the tensors of a finished collective: the rank hangs
+    after training."""
     run.model = accelerator.unwrap_model(run.model)
     accelerator.free_memory()
     accelerator.end_training()
+    return run.model
 
 
 def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
