@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -190,7 +191,12 @@ def serving(tmp_path: Path, **environment: str) -> Iterator[tuple[subprocess.Pop
     errors = tmp_path / "err"
     with errors.open("w") as stderr:
         server = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,  # its own process group: a test can kill the whole replica
         )
         base = f"http://127.0.0.1:{port}"
         try:
@@ -199,6 +205,17 @@ def serving(tmp_path: Path, **environment: str) -> Iterator[tuple[subprocess.Pop
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(120)  # a worker still booting finishes loading first
+
+
+@contextmanager
+def locked(database: str | Path) -> Iterator[None]:
+    """Another connection holds the SQLite file's exclusive lock while the block runs."""
+    holder = sqlite3.connect(database, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        yield
+    finally:
+        holder.close()
 
 
 def wait_until_ready(base: str, explain: Callable[[], str], seconds: float = 120) -> None:
