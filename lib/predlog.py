@@ -1,59 +1,101 @@
-"""The prediction log: one row per answered image, what MonitorFlow compares with training.
+"""The prediction log: one row per answered image, each replica's durable buffer of its traffic.
 
 A SQLite file in WAL mode: several gunicorn workers append at once (writers queue on the
-database lock, readers never block), and a committed row survives the writing process being
-killed. Each row holds the timestamp, request id, model run, and a JSON object of drift values
-(lib.features: image features, prob_<attribute>, emb_<i>), so the schema does not change when
-a model's attributes or projection size do.
+database lock for at most `timeout_s`, readers never block), and a committed row survives the
+writing process being killed. Each row holds the timestamp, the replica that answered, the
+request id, model run, image index and a JSON object of drift values (lib.features: image
+features, prob_<attribute>, emb_<i>), so the schema does not change when a model's attributes
+or projection size do. A write that fails (the database locked past the timeout, the disk full)
+raises LogUnavailable: serving answers 503 rather than an answer whose row was not written.
+
+Shipping (lib.shipper) moves the rows to PREDICTION_SINK in segments: a segment is recorded in
+the file before it is uploaded (pending_segment) and its rows are deleted only once its objects
+are confirmed (mark_shipped), so a shipper killed or failing mid-upload ships the very same
+segment next time. Row ids come from AUTOINCREMENT: never reused, even after the newest rows are
+deleted, so every row above the high-water mark `shipped_through` is one not yet shipped.
+Shipped rows are deleted, so every row in the file is unshipped.
+
+Retention (prune) runs in the shipper, never on the request path: rows older than a maximum age
+and the oldest beyond a maximum count are deleted, shipped or not, using the ts index and the id.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import sqlite3
 import threading
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS predictions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts REAL NOT NULL,
-    request_id TEXT NOT NULL,
-    model TEXT NOT NULL,
-    image_index INTEGER NOT NULL,
-    drift_values TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS predictions_model_ts ON predictions (model, ts);
-"""
+META_COLUMNS = ["ts", "replica", "request_id", "model", "image_index"]
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS predictions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts REAL NOT NULL,
+        replica TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        image_index INTEGER NOT NULL,
+        drift_values TEXT NOT NULL
+    )""",
+    "CREATE TABLE IF NOT EXISTS log_state (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
+]
+INDEXES = [
+    "CREATE INDEX IF NOT EXISTS predictions_model_ts ON predictions (model, ts)",
+    "CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts)",
+]
+
+
+class LogUnavailable(Exception):
+    """The log could not be written or read. `reason`: "locked" (another writer held it past
+    the timeout), "full" (no space on its disk, or the file at its size limit) or "io"."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason, self.message = reason, message
 
 
 class PredictionLog:
-    def __init__(
-        self,
-        path: str | Path,
-        max_age_hours: float | None = None,
-        max_rows: int | None = None,
-        prune_every: int = 1000,
-    ):
-        """Retention: rows older than max_age_hours, and the oldest beyond max_rows, are
-        deleted every `prune_every` appends made through this object."""
+    def __init__(self, path: str | Path, replica: str = "", timeout_s: float = 5.0):
+        """Open the log at `path`, creating it (or adding what an older file lacks). Rows
+        appended through this object carry `replica`; a write waits at most `timeout_s` for
+        another writer's lock."""
         self.path = Path(path)
-        self.max_age_hours, self.max_rows = max_age_hours, max_rows
-        self.prune_every, self._appends = prune_every, itertools.count(1)
+        self.replica, self.timeout_s = replica, timeout_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        with self._connection() as db:
-            db.executescript(SCHEMA)
+        with self._transaction() as db:
+            for statement in SCHEMA:
+                db.execute(statement)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(predictions)")}
+            if "replica" not in columns:  # a log written before replicas had ids
+                db.execute("ALTER TABLE predictions ADD COLUMN replica TEXT NOT NULL DEFAULT ''")
+            for statement in INDEXES:
+                db.execute(statement)
+            db.execute(
+                "INSERT OR IGNORE INTO log_state VALUES ('log_id', ?), ('shipped_through', 0)",
+                (uuid.uuid4().hex,),
+            )
+            self._log_id = _state(db, "log_id")
+
+    @property
+    def log_id(self) -> str:
+        """This file's id, made when it was created: object names of its segments carry it, so
+        two replicas (or a file lost and made again) never write the same object."""
+        return self._log_id
 
     def _connection(self) -> sqlite3.Connection:
         """One connection per thread (sqlite3 connections must not be shared)."""
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             # NORMAL: in WAL mode a commit survives the process dying; only a power loss
             # can take back the last commits.
@@ -61,62 +103,153 @@ class PredictionLog:
             self._local.db = db
         return db
 
-    def append(self, request_id: str, model: str, rows: list[dict[str, float]]) -> None:
-        """Write one row per image of a request, in one transaction, before it is answered."""
-        now = time.time()
-        db = self._connection()
-        with db:
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany(
-                "INSERT INTO predictions (ts, request_id, model, image_index, drift_values) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(now, request_id, model, i, json.dumps(row)) for i, row in enumerate(rows)],
-            )
-        retention = self.max_age_hours is not None or self.max_rows is not None
-        if retention and next(self._appends) % self.prune_every == 0:
-            self.prune()
+    @contextmanager
+    def _unavailable(self) -> Iterator[None]:
+        """Any sqlite3 error in the block is raised as LogUnavailable, naming the file."""
+        try:
+            yield
+        except sqlite3.Error as error:
+            db = getattr(self._local, "db", None)
+            if db is not None and db.in_transaction:
+                with suppress(sqlite3.Error):
+                    db.rollback()
+            raise _as_unavailable(self.path, self.timeout_s, error) from error
 
-    def prune(self, now: float | None = None) -> int:
-        """Apply retention: drop rows older than max_age_hours, then the oldest beyond
-        max_rows. Returns how many rows were deleted."""
-        db = self._connection()
-        deleted = 0
-        with db:
-            db.execute("BEGIN IMMEDIATE")
-            if self.max_age_hours is not None:
-                cutoff = (now or time.time()) - self.max_age_hours * 3600
-                deleted += db.execute("DELETE FROM predictions WHERE ts < ?", (cutoff,)).rowcount
-            if self.max_rows is not None:
-                deleted += db.execute(
-                    "DELETE FROM predictions WHERE id <= "
-                    "(SELECT id FROM predictions ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                    (self.max_rows,),
-                ).rowcount
-        return deleted
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the database lock at once (BEGIN IMMEDIATE)."""
+        with self._unavailable():
+            db = self._connection()
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                yield db
+
+    def append(self, request_id: str, model: str, rows: list[dict[str, float]]) -> None:
+        """Write one row per image of a request, in one transaction, before it is answered.
+        LogUnavailable if it cannot be written."""
+        now = time.time()
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO predictions "
+                "(ts, replica, request_id, model, image_index, drift_values) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (now, self.replica, request_id, model, i, json.dumps(row))
+                    for i, row in enumerate(rows)
+                ],
+            )
 
     def read(
         self, model: str | None = None, since: float | None = None, until: float | None = None
     ) -> pd.DataFrame:
-        """Rows with since <= ts < until, oldest first: ts, request_id, model, image_index and
-        one column per drift value."""
-        query, args = _where(model, since, until)
-        rows = self._connection().execute(
-            "SELECT ts, request_id, model, image_index, drift_values FROM predictions"
-            f"{query} ORDER BY id",
-            args,
-        )
-        meta, values = [], []
-        for ts, request_id, model_name, index, drift_values in rows:
-            meta.append((ts, request_id, model_name, index))
-            values.append(json.loads(drift_values))
-        frame = pd.DataFrame(meta, columns=["ts", "request_id", "model", "image_index"])
+        """Rows with since <= ts < until, oldest first: ts, replica, request_id, model,
+        image_index and one column per drift value."""
+        clauses, args = [], []
+        for clause, value in (("model = ?", model), ("ts >= ?", since), ("ts < ?", until)):
+            if value is not None:
+                clauses.append(clause)
+                args.append(value)
+        return self._frame(" AND ".join(clauses) or "1", args)
+
+    def read_segment(self, first: int, last: int) -> pd.DataFrame:
+        """The rows with ids first..last, as read() gives them."""
+        return self._frame("id BETWEEN ? AND ?", [first, last])
+
+    def _frame(self, where: str, args: list) -> pd.DataFrame:
+        with self._unavailable():
+            rows = self._connection().execute(
+                f"SELECT {', '.join(META_COLUMNS)}, drift_values FROM predictions "
+                f"WHERE {where} ORDER BY id",
+                args,
+            )
+            meta, values = [], []
+            for *fields, drift_values in rows:
+                meta.append(fields)
+                values.append(json.loads(drift_values))
+        frame = pd.DataFrame(meta, columns=META_COLUMNS)
         return pd.concat([frame, pd.DataFrame.from_records(values)], axis=1)
 
+    def pending_segment(self, limit: int) -> tuple[int, int] | None:
+        """The segment being shipped, (first id, last id): the one recorded earlier if its
+        shipment did not finish (unchanged, so a retry writes the same objects), else a new one
+        of the oldest unshipped rows, at most `limit`, recorded now. None if every row is
+        shipped."""
+        with self._transaction() as db:
+            first, last = _state(db, "pending_first"), _state(db, "pending_last")
+            if first is not None:
+                return first, last
+            first, last = db.execute(
+                "SELECT min(id), max(id) FROM "
+                "(SELECT id FROM predictions WHERE id > ? ORDER BY id LIMIT ?)",
+                (_state(db, "shipped_through"), limit),
+            ).fetchone()
+            if first is None:
+                return None
+            _set_state(db, pending_first=first, pending_last=last)
+            return first, last
 
-def _where(model: str | None, since: float | None, until: float | None) -> tuple[str, list]:
-    clauses, args = [], []
-    for clause, value in (("model = ?", model), ("ts >= ?", since), ("ts < ?", until)):
-        if value is not None:
-            clauses.append(clause)
-            args.append(value)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
+    def mark_shipped(self, first: int, last: int) -> None:
+        """The pending segment's objects are confirmed: delete its rows, move the high-water
+        mark to `last` and clear the pending segment, in one transaction."""
+        with self._transaction() as db:
+            pending = _state(db, "pending_first"), _state(db, "pending_last")
+            if pending != (first, last):
+                raise ValueError(f"rows {first}-{last} are not the pending segment {pending}")
+            db.execute("DELETE FROM predictions WHERE id BETWEEN ? AND ?", (first, last))
+            _set_state(db, shipped_through=last, pending_first=None, pending_last=None)
+
+    def oldest_unshipped_ts(self) -> float | None:
+        """The timestamp of the oldest row not shipped yet (None when there is none)."""
+        with self._unavailable():
+            return self._connection().execute("SELECT min(ts) FROM predictions").fetchone()[0]
+
+    def unshipped_rows(self) -> int:
+        """How many rows are not shipped yet."""
+        with self._unavailable():
+            return self._connection().execute("SELECT count(*) FROM predictions").fetchone()[0]
+
+    def prune(
+        self, max_age_hours: float | None, max_rows: int | None, now: float | None = None
+    ) -> int:
+        """Apply retention: delete rows older than max_age_hours, then the oldest beyond
+        max_rows (None: no limit), shipped or not, except a pending segment's (kept as it was
+        recorded, at most a shipment's worth). Returns how many rows were deleted."""
+        deleted = 0
+        with self._transaction() as db:
+            pending = _state(db, "pending_first") or 0, _state(db, "pending_last") or 0
+            if max_age_hours is not None:
+                cutoff = (now or time.time()) - max_age_hours * 3600
+                deleted += db.execute(
+                    "DELETE FROM predictions WHERE ts < ? AND id NOT BETWEEN ? AND ?",
+                    (cutoff, *pending),
+                ).rowcount
+            if max_rows is not None:
+                deleted += db.execute(
+                    "DELETE FROM predictions WHERE id <= "
+                    "(SELECT id FROM predictions ORDER BY id DESC LIMIT 1 OFFSET ?) "
+                    "AND id NOT BETWEEN ? AND ?",
+                    (max_rows, *pending),
+                ).rowcount
+        return deleted
+
+
+def _state(db: sqlite3.Connection, key: str) -> Any:
+    row = db.execute("SELECT value FROM log_state WHERE key = ?", (key,)).fetchone()
+    return None if row is None else row[0]
+
+
+def _set_state(db: sqlite3.Connection, **values: Any) -> None:
+    db.executemany("INSERT OR REPLACE INTO log_state VALUES (?, ?)", values.items())
+
+
+def _as_unavailable(path: Path, timeout_s: float, error: sqlite3.Error) -> LogUnavailable:
+    """The LogUnavailable for a sqlite3 error, with its reason and a sentence naming the log."""
+    name = getattr(error, "sqlite_errorname", None) or ""
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        reason = "locked"
+        what = f"is locked by another writer (waited {timeout_s:g} s)"
+    elif name.startswith("SQLITE_FULL"):
+        reason, what = "full", "is full (no space left on its disk, or at its size limit)"
+    else:
+        reason, what = "io", "cannot be used"
+    return LogUnavailable(reason, f"the prediction log {path} {what}: {error}")
