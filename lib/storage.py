@@ -140,7 +140,7 @@ class GCSFolder:
             if not blobs:
                 raise FileNotFoundError(f"no objects under {self.uri}")
         else:
-            bucket = _client().bucket(self.bucket_name)
+            bucket = client().bucket(self.bucket_name)
             blobs = [bucket.blob(self._start + name) for name in names]
         for blob in blobs:
             inside(self.local, self._name_of(blob))
@@ -153,7 +153,7 @@ class GCSFolder:
     def publish(self, names: Iterable[str]) -> None:
         """Upload the files. Rewriting the same bytes is idempotent, so the upload is retried
         even without the generation precondition google-cloud-storage otherwise requires."""
-        bucket = _client().bucket(self.bucket_name)
+        bucket = client().bucket(self.bucket_name)
         for name in names:
             blob = bucket.blob(self._start + name)
             blob.upload_from_filename(inside(self.local, name), retry=self._retry())
@@ -186,7 +186,7 @@ class GCSFolder:
 
         try:
             blobs = list(
-                _client().list_blobs(self.bucket_name, prefix=self._start, retry=self._retry())
+                client().list_blobs(self.bucket_name, prefix=self._start, retry=self._retry())
             )
         except exceptions.NotFound:
             raise FileNotFoundError(f"bucket not found: gs://{self.bucket_name}") from None
@@ -195,7 +195,7 @@ class GCSFolder:
         return [blob for blob in blobs if not blob.name.endswith("/")]
 
     def _retry(self) -> Any:
-        return _retrying(self.retry)
+        return retrying(self.retry)
 
 
 def split_gs_uri(uri: str) -> tuple[str, str]:
@@ -214,7 +214,7 @@ def inside(folder: Path, name: str) -> Path:
     return folder / name
 
 
-def _retrying(retry: Any) -> Any:
+def retrying(retry: Any) -> Any:
     """`retry`, or google-cloud-storage's DEFAULT_RETRY: exponential backoff on 429, 5xx and
     connection errors, for reads and writes alike."""
     from google.cloud.storage.retry import DEFAULT_RETRY
@@ -222,7 +222,7 @@ def _retrying(retry: Any) -> Any:
     return retry or DEFAULT_RETRY
 
 
-def _client() -> Any:
+def client() -> Any:
     """A google-cloud-storage client. With STORAGE_EMULATOR_HOST set (the tests), it talks to
     that emulator with anonymous credentials on its own."""
     from google.cloud import storage
@@ -272,7 +272,7 @@ class CheckpointPlace:
             seal(partial)
             shutil.rmtree(final, ignore_errors=True)
             partial.rename(final)
-            _fsync(self.folder)
+            fsync(self.folder)
             for old in sorted(self.folder.glob(f"{PREFIX}*"))[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
             if self.mirror is not None:
@@ -310,11 +310,11 @@ def seal(folder: Path) -> None:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != SEAL)
     listing = {str(path.relative_to(folder)): _fingerprint(path) for path in files}
     for path in files:
-        _fsync(path)
+        fsync(path)
     (folder / SEAL).write_text(json.dumps(listing, indent=1))
-    _fsync(folder / SEAL)
+    fsync(folder / SEAL)
     for sub in {path.parent for path in files} | {folder}:
-        _fsync(sub)
+        fsync(sub)
 
 
 def check_seal(folder: Path) -> None:
@@ -359,7 +359,7 @@ def _fingerprint(path: Path) -> dict[str, Any]:
     return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
-def _fsync(path: Path) -> None:
+def fsync(path: Path) -> None:
     """Flush a file, or a folder's entries, to disk."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
@@ -441,10 +441,10 @@ class GCSMirror:
         return GCSFolder(f"{self.uri}/{step}".rstrip("/"), local, self.retry)
 
     def _blob(self, name: str) -> Any:
-        return _client().bucket(self.bucket_name).blob(f"{self.prefix}/{name}")
+        return client().bucket(self.bucket_name).blob(f"{self.prefix}/{name}")
 
     def _retry(self) -> Any:
-        return _retrying(self.retry)
+        return retrying(self.retry)
 
 
 def _marks(name: str) -> bool:

@@ -1,0 +1,200 @@
+"""Where every replica's logged rows meet: Parquet objects under a folder or a gs:// prefix,
+written by each replica's shipper (lib.shipper) and read by MonitorFlow one window at a time.
+
+    <sink>/model=<model>/hour=<YYYY-MM-DDTHH>/<replica>-<log id>-<first id>-<last id>.parquet
+
+One object per (model, hour) of each shipped segment: rows first..last of one replica's local
+log (lib.predlog), the hour of their ts in UTC. The layout is Hive's (values URI-quoted), so
+pyarrow.dataset(partitioning="hive"), DuckDB (hive_partitioning) and BigQuery external tables
+read the sink as it is, with `model` and `hour` as columns from the path; they are not columns
+of the files, which BigQuery refuses for a partition key. A segment shipped again writes the
+same keys with the same bytes: a retried upload replaces itself and never duplicates a row.
+
+A file's columns: ts (float64), replica, request_id, image_index (int64), then one float64
+column per drift value (lib.features). A window is read by listing only the hour partitions
+that overlap it and opening only their objects.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from itertools import chain
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from lib.predlog import PredictionLog
+from lib.storage import GCSFolder, client, fsync, inside, retrying, split_gs_uri
+
+HOUR = "%Y-%m-%dT%H"  # fixed width: hour partitions sort as their names do
+SECONDS_PER_HOUR = 3600
+COLUMNS = ["ts", "replica", "request_id", "model", "image_index"]  # PredictionLog.read's first
+ORDER = ["ts", "replica", "request_id", "image_index"]  # a window's rows, sorted
+FILE_FIELDS = [
+    pa.field("ts", pa.float64()),
+    pa.field("replica", pa.string()),
+    pa.field("request_id", pa.string()),
+    pa.field("image_index", pa.int64()),
+]
+COMPRESSION = "zstd"
+WORKERS = 16  # listings and downloads at once
+
+
+class Sink:
+    """The objects under a folder or a gs://bucket/prefix, by key (a relative name with
+    slashes). In a folder an object is written to a temporary file, flushed and renamed into
+    place; on GCS every request is retried like lib.storage's (google-cloud-storage's
+    DEFAULT_RETRY unless `retry`), and a missing bucket or refused permission fails naming it."""
+
+    def __init__(self, location: str | Path, retry: Any = None):
+        self.location = str(location).rstrip("/")
+        self.retry = retry
+        self.folder, self._bucket = None, None
+        if self.location.startswith("gs://"):
+            bucket, prefix = split_gs_uri(self.location)
+            self._bucket, self._start = client().bucket(bucket), f"{prefix}/" if prefix else ""
+        else:
+            self.folder = Path(self.location)
+
+    def put(self, key: str, data: bytes) -> None:
+        """Write one object whole: a reader sees the old bytes or the new, never a part. On
+        GCS the upload is retried without a generation precondition: the callers rewrite a
+        key only with the same bytes, so a repeat is harmless."""
+        if self._bucket is not None:
+            self._blob(key).upload_from_string(data, retry=retrying(self.retry))
+            return
+        path = inside(self.folder, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        partial.write_bytes(data)
+        fsync(partial)
+        os.replace(partial, path)
+        fsync(path.parent)
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """The keys under `prefix` ("" or ending in "/"), sorted; none if there is none.
+        Temporary files of a folder (names starting with ".") are not objects."""
+        if self._bucket is not None:
+            listed = GCSFolder(f"{self.location}/{prefix}", Path(), self.retry).names()
+            return sorted(prefix + name for name in listed)
+        folder = self.folder / prefix
+        if not folder.is_dir():
+            return []
+        files = (path for path in folder.rglob("*") if path.is_file())
+        return sorted(
+            path.relative_to(self.folder).as_posix()
+            for path in files
+            if not path.name.startswith(".")
+        )
+
+    def get(self, key: str) -> bytes:
+        """An object's bytes; FileNotFoundError if there is none."""
+        if self._bucket is None:
+            return inside(self.folder, key).read_bytes()
+        from google.api_core import exceptions
+
+        try:
+            return self._blob(key).download_as_bytes(retry=retrying(self.retry))
+        except exceptions.NotFound:
+            raise FileNotFoundError(f"not found: {self.location}/{key}") from None
+        except exceptions.Forbidden as error:
+            raise PermissionError(
+                f"not allowed to read {self.location}/{key}: {error.message}"
+            ) from None
+
+    def _blob(self, key: str) -> Any:
+        return self._bucket.blob(self._start + key)
+
+
+def is_sink(location: str | Path) -> bool:
+    """Whether MonitorFlow's log is a sink (a gs:// prefix or a folder) rather than a SQLite
+    file: rows reach a sink up to a shipping interval after they were answered."""
+    return str(location).startswith("gs://") or Path(location).is_dir()
+
+
+def partition(model: str, hour: int) -> str:
+    """The key prefix of a model's rows in an hour (whole hours since the epoch, UTC)."""
+    name = datetime.fromtimestamp(hour * SECONDS_PER_HOUR, UTC).strftime(HOUR)
+    return f"model={quote(model, safe='')}/hour={name}/"
+
+
+def write_segment(
+    sink: Sink, frame: pd.DataFrame, log_id: str, first_id: int, last_id: int
+) -> list[str]:
+    """Put the rows first_id..last_id of the log `log_id` (PredictionLog.read_segment's
+    frame) as one Parquet object per (model, hour); returns the keys. A failed put raises:
+    the caller ships the whole segment again later, to the same keys with the same bytes."""
+    keys = []
+    hours = frame["ts"] // SECONDS_PER_HOUR  # exact: the reader prunes with the same arithmetic
+    for (model, hour), rows in frame.groupby([frame["model"], hours], sort=True):
+        replica = quote(rows["replica"].iloc[0], safe="")
+        key = f"{partition(model, int(hour))}{replica}-{log_id}-{first_id:012d}-{last_id:012d}"
+        keys.append(f"{key}.parquet")
+        sink.put(keys[-1], _parquet(rows))
+    return keys
+
+
+def _parquet(rows: pd.DataFrame) -> bytes:
+    """One Parquet file of rows: FILE_FIELDS, then each drift value that any row has, as
+    float64 (the other models' columns of a mixed segment are left out)."""
+    values = [name for name in rows.columns if name not in COLUMNS and rows[name].notna().any()]
+    schema = pa.schema([*FILE_FIELDS, *(pa.field(name, pa.float64()) for name in values)])
+    table = pa.Table.from_pandas(rows, schema=schema, preserve_index=False)
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table.replace_schema_metadata(), buffer, compression=COMPRESSION)
+    return buffer.getvalue().to_pybytes()
+
+
+def read_window(
+    location: str | Path, model: str, since: float | None, until: float
+) -> tuple[pd.DataFrame, list[str]]:
+    """(rows, sources): the model's rows with since <= ts < until (since None: from the
+    first), in PredictionLog.read's columns, from a SQLite log (sources: its path), a sink
+    (sources: the keys of the objects opened, only those of the hours overlapping the window;
+    rows sorted by ts, replica, request_id, image_index), or a path that does not exist (no
+    rows, no sources: opening it would create a log)."""
+    location = str(location)
+    if not is_sink(location):
+        if not Path(location).exists():
+            return pd.DataFrame(columns=COLUMNS), []
+        return PredictionLog(location).read(model=model, since=since, until=until), [location]
+    sink = Sink(location)
+    keys = _window_keys(sink, model, since, until)
+    with ThreadPoolExecutor(WORKERS) as pool:
+        tables = list(pool.map(lambda key: pq.read_table(pa.BufferReader(sink.get(key))), keys))
+    return _window_rows(tables, model, since, until), keys
+
+
+def _window_keys(sink: Sink, model: str, since: float | None, until: float) -> list[str]:
+    """The model's keys in the hours h overlapping [since, until): h * 3600 < until and
+    (h + 1) * 3600 > since. One listing per hour, or of the model's prefix when since is None."""
+    last = int(-(-until // SECONDS_PER_HOUR)) - 1
+    if since is None:
+        newest = partition(model, last)
+        keys = sink.keys(f"model={quote(model, safe='')}/")
+        return [key for key in keys if key[: key.rindex("/") + 1] <= newest]
+    hours = range(int(since // SECONDS_PER_HOUR), last + 1)
+    with ThreadPoolExecutor(WORKERS) as pool:
+        listed = pool.map(sink.keys, [partition(model, hour) for hour in hours])
+        return sorted(chain.from_iterable(listed))
+
+
+def _window_rows(
+    tables: list[pa.Table], model: str, since: float | None, until: float
+) -> pd.DataFrame:
+    if not tables:
+        return pd.DataFrame(columns=COLUMNS)
+    table = pa.concat_tables(tables, promote_options="default")
+    inside_window = pc.less(table["ts"], until)
+    if since is not None:
+        inside_window = pc.and_(inside_window, pc.greater_equal(table["ts"], since))
+    frame = table.filter(inside_window).to_pandas()
+    frame.insert(COLUMNS.index("model"), "model", model)
+    return frame.sort_values(ORDER, kind="stable", ignore_index=True)
