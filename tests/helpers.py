@@ -1,6 +1,7 @@
 """What the tests share besides fixtures: paths, the flow launchers, the service under gunicorn
 and the tolerances."""
 
+import http.client
 import json
 import os
 import signal
@@ -8,11 +9,13 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -238,3 +241,69 @@ def wait_for(condition: Callable[[], bool], seconds: float, errors: Path) -> Non
     while not condition():
         assert time.monotonic() < deadline, errors.read_text()[-3000:]
         time.sleep(0.2)
+
+
+class FlakyProxy(ThreadingHTTPServer):
+    """A real HTTP server in front of the emulator that answers 503 to the first `failures`
+    requests whose path contains `failing` (object downloads by default; uploads with
+    "uploadType=") and forwards everything else. Listings carry each object's mediaLink,
+    which names the emulator, so the proxy rewrites it to itself; `rewrites` are replaced in
+    every answer too (an object name the emulator would refuse to store)."""
+
+    def __init__(self, target: str, failures: int, failing: str = "alt=media", rewrites=()):
+        self.target, self.remaining, self.failed = target, failures, 0
+        self.failing = failing
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", free_port()), _Forward)
+        self.address = f"127.0.0.1:{self.server_port}"
+        self.rewrites = [(target.encode(), self.address.encode()), *rewrites]
+
+
+class _Forward(BaseHTTPRequestHandler):
+    def _handle(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+        with self.server.lock:
+            fail = self.server.failing in self.path and self.server.remaining > 0
+            if fail:
+                self.server.remaining -= 1
+                self.server.failed += 1
+        if fail:
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        upstream = http.client.HTTPConnection(self.server.target)
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+        upstream.request(self.command, self.path, body=body or None, headers=headers)
+        reply = upstream.getresponse()
+        payload = reply.read()
+        for old, new in self.server.rewrites:
+            payload = payload.replace(old, new)
+        self.send_response(reply.status)
+        for key, value in reply.getheaders():
+            if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _handle
+
+    def log_message(self, *args):
+        pass
+
+
+@contextmanager
+def flaky(
+    monkeypatch, failures: int, failing: str = "alt=media", rewrites=()
+) -> Iterator[FlakyProxy]:
+    """Every request of the block goes through a FlakyProxy in front of the emulator."""
+    emulator = os.environ["STORAGE_EMULATOR_HOST"].removeprefix("http://")
+    proxy = FlakyProxy(emulator, failures, failing, rewrites)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        with monkeypatch.context() as patch:
+            patch.setenv("STORAGE_EMULATOR_HOST", f"http://{proxy.address}")
+            yield proxy
+    finally:
+        proxy.shutdown()

@@ -1,19 +1,13 @@
 """A CelebA folder in a gs:// bucket, against gcp-storage-emulator on 127.0.0.1."""
 
 import dataclasses
-import http.client
 import json
-import os
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
-from helpers import free_port
+from helpers import flaky
 
 import lib.prepare
 from lib import synthetic
@@ -32,56 +26,6 @@ FAST_RETRY = DEFAULT_RETRY.with_delay(initial=0.01, maximum=0.1)
 def upload(folder, uri):
     files = sorted(path.relative_to(folder) for path in folder.rglob("*") if path.is_file())
     GCSFolder(uri, folder).publish(map(str, files))
-
-
-class FlakyProxy(ThreadingHTTPServer):
-    """A real HTTP server in front of the emulator that answers 503 to the first `failures`
-    requests whose path contains `failing` (object downloads by default; uploads with
-    "uploadType=") and forwards everything else. Listings carry each object's mediaLink,
-    which names the emulator, so the proxy rewrites it to itself; `rewrites` are replaced in
-    every answer too (an object name the emulator would refuse to store)."""
-
-    def __init__(self, target: str, failures: int, failing: str = "alt=media", rewrites=()):
-        self.target, self.remaining, self.failed = target, failures, 0
-        self.failing = failing
-        self.lock = threading.Lock()
-        super().__init__(("127.0.0.1", free_port()), _Forward)
-        self.address = f"127.0.0.1:{self.server_port}"
-        self.rewrites = [(target.encode(), self.address.encode()), *rewrites]
-
-
-class _Forward(BaseHTTPRequestHandler):
-    def _handle(self):
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
-        with self.server.lock:
-            fail = self.server.failing in self.path and self.server.remaining > 0
-            if fail:
-                self.server.remaining -= 1
-                self.server.failed += 1
-        if fail:
-            self.send_response(503)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        upstream = http.client.HTTPConnection(self.server.target)
-        headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-        upstream.request(self.command, self.path, body=body or None, headers=headers)
-        reply = upstream.getresponse()
-        payload = reply.read()
-        for old, new in self.server.rewrites:
-            payload = payload.replace(old, new)
-        self.send_response(reply.status)
-        for key, value in reply.getheaders():
-            if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                self.send_header(key, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    do_GET = do_POST = do_PUT = do_DELETE = _handle
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture
@@ -108,22 +52,6 @@ def test_gs_source_prepares_exactly_like_the_local_folder(celeba_in_bucket, tmp_
     stamp = (mirror / "list_attr_celeba.txt").stat().st_mtime_ns
     assert resolve_source("gs://facet/datasets/celeba")[1] == mirror
     assert (mirror / "list_attr_celeba.txt").stat().st_mtime_ns == stamp  # not downloaded again
-
-
-@contextmanager
-def flaky(
-    monkeypatch, failures: int, failing: str = "alt=media", rewrites=()
-) -> Iterator[FlakyProxy]:
-    """Every request of the block goes through a FlakyProxy in front of the emulator."""
-    emulator = os.environ["STORAGE_EMULATOR_HOST"].removeprefix("http://")
-    proxy = FlakyProxy(emulator, failures, failing, rewrites)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    try:
-        with monkeypatch.context() as patch:
-            patch.setenv("STORAGE_EMULATOR_HOST", f"http://{proxy.address}")
-            yield proxy
-    finally:
-        proxy.shutdown()
 
 
 def test_transient_errors_are_retried(celeba_in_bucket, gcs, tmp_path, monkeypatch):
