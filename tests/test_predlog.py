@@ -7,6 +7,7 @@ import time
 from contextlib import closing
 
 import pytest
+from helpers import locked
 
 from lib.predlog import LogUnavailable, PredictionLog
 
@@ -113,15 +114,13 @@ def test_retention_by_age_and_by_count_spares_the_pending_segment(tmp_path):
 def test_a_locked_log_is_unavailable_until_the_lock_is_released(tmp_path):
     path = tmp_path / "log.db"
     log = PredictionLog(path, timeout_s=0.2)
-    with closing(sqlite3.connect(path, isolation_level=None)) as other:
-        other.execute("BEGIN EXCLUSIVE")
+    with locked(path):
         started = time.monotonic()
-        with pytest.raises(LogUnavailable) as locked:
+        with pytest.raises(LogUnavailable) as refused:
             log.append("blocked", "m", rows(1))
         assert 0.2 <= time.monotonic() - started < 2
-        assert locked.value.reason == "locked"
-        assert str(path) in locked.value.message and "locked" in str(locked.value)
-        other.rollback()
+        assert refused.value.reason == "locked"
+        assert str(path) in refused.value.message and "locked" in str(refused.value)
     log.append("after", "m", rows(1))
     assert list(log.read()["request_id"]) == ["after"]
 
