@@ -26,7 +26,12 @@ class _Environment(BaseSettings):
 
     PREDICTION_LOG: str = Field(
         str(REPOSITORY / "var" / "predictions.db"),
-        description="the SQLite prediction log serving writes and MonitorFlow reads",
+        description="the SQLite prediction log serving writes (each replica's buffer)",
+    )
+    PREDICTION_SINK: str = Field(
+        "",
+        description="where each replica ships its logged rows as Parquet: a gs://bucket/prefix "
+        "or a folder; MonitorFlow reads it when set (default: MonitorFlow reads PREDICTION_LOG)",
     )
 
 
@@ -58,13 +63,21 @@ class ServingSettings(_Environment):
     PRECISION: Literal["fp32", "bf16", "int8"] = Field(
         "fp32", description="inference precision: fp32, bf16 or int8 (dynamic quantisation)"
     )
+    REPLICA_ID: str = Field(
+        "", description="this replica's name in every logged row (default: the host name)"
+    )
+    PREDICTION_SHIP_SECONDS: float = Field(
+        60.0, gt=0, description="seconds between shipments of logged rows to PREDICTION_SINK"
+    )
     PREDICTION_LOG_MAX_AGE_HOURS: float | None = Field(
-        None, description="delete logged rows older than this (default: keep)"
+        168.0, gt=0, description="the local log drops rows older than this, shipped or not"
     )
     PREDICTION_LOG_MAX_ROWS: int | None = Field(
-        None, description="keep at most this many logged rows (default: all)"
+        None, gt=0, description="the local log keeps at most this many rows (default: no cap)"
     )
-    PREDICTION_LOG_PRUNE_EVERY: int = Field(1000, gt=0, description="appends between prunes")
+    PREDICTION_LOG_TIMEOUT_S: float = Field(
+        5.0, gt=0, description="a write waits this long for a locked log, then /predict is 503"
+    )
     MAX_BATCH: int = Field(32, gt=0, description="images per request at most")
     MAX_UPLOAD_MB: int = Field(32, gt=0, description="request body size limit")
     MAX_IMAGE_PIXELS: int = Field(40_000_000, gt=0, description="pixels per image at most")

@@ -1,6 +1,7 @@
 """The REST endpoints. POST /predict reads every image's header, then decodes every image,
 so one bad or oversized image fails the request before anything is decoded, predicted or
-logged; a row per image is committed to the prediction log before the answer is sent."""
+logged; a row per image is committed to the prediction log before the answer is sent, and a
+log that cannot take it (disk full, locked) makes the answer a 503."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from PIL import Image
 
 from lib.inference import Predictor
+from lib.predlog import LogUnavailable
 from lib.preprocess import ImageDecodeError, ImageTooLargeError, open_image
 from serving import metrics
 from serving.errors import ApiError
@@ -67,7 +69,7 @@ def predict():
     pixels = np.stack([decode(served, label, image) for label, image in images])
     prediction = served.predict(pixels)
     request_id = request_id_of(request.headers.get("X-Request-ID"))
-    prediction_log().append(request_id, served.name, served.log_rows(prediction))
+    log_before_answering(request_id, served.name, served.log_rows(prediction))
     metrics.IMAGES.observe(len(images))
     present = served.present(prediction.probs)
     response = jsonify(
@@ -103,6 +105,18 @@ def drift_report():
     pathspec, html = found
     headers = {"X-Monitor-Run": pathspec, **REPORT_HEADERS}
     return Response(html, mimetype="text/html", headers=headers)
+
+
+def log_before_answering(request_id: str, model: str, rows: list[dict[str, float]]) -> None:
+    """Commit a row per image, or answer 503: no prediction is answered that is not logged."""
+    try:
+        prediction_log().append(request_id, model, rows)
+    except LogUnavailable as error:
+        metrics.LOG_WRITE_FAILURES.labels(error.reason).inc()
+        raise ApiError(
+            503, "log_unavailable", f"{error.message}; the prediction was not answered, retry later"
+        ) from None
+    metrics.LOG_ROWS_WRITTEN.inc(len(rows))
 
 
 def read_uploads() -> list[tuple[str, bytes]]:

@@ -40,6 +40,9 @@ ERRORS: dict[str, ErrorCode] = {
     "requested_range_not_satisfiable": ErrorCode(416, "a Range header beyond a static file"),
     "internal_error": ErrorCode(500, "the server failed; its log says why"),
     "not_ready": ErrorCode(503, "the model is not loaded yet (the message says why)"),
+    "log_unavailable": ErrorCode(
+        503, "the prediction log cannot take the row (disk full, locked): nothing was answered"
+    ),
 }
 
 

@@ -8,6 +8,7 @@ that reaches any worker sees the whole service.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 from flask import Flask, Response, current_app, g, request
 from prometheus_client import (
@@ -20,6 +21,10 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from lib.predlog import LogUnavailable, PredictionLog
 
 REQUESTS = Counter(
     "facet_requests_total", "HTTP requests by endpoint and status", ["endpoint", "status"]
@@ -37,6 +42,14 @@ IMAGES = Histogram(
 )
 MODEL_LOAD_FAILURES = Counter(
     "facet_model_load_failures_total", "Failed attempts to load the model (each is retried)"
+)
+LOG_ROWS_WRITTEN = Counter(
+    "facet_log_rows_written_total", "Rows committed to this replica's prediction log"
+)
+LOG_WRITE_FAILURES = Counter(
+    "facet_log_write_failures_total",
+    "Requests answered 503 log_unavailable, by reason (locked, full, io)",
+    ["reason"],
 )
 MODEL_INFO = Gauge(
     "facet_model_info",
@@ -61,10 +74,37 @@ def register(app: Flask) -> None:
         return response
 
 
+class UnshippedRows(Collector):
+    """The replica's rows not yet in PREDICTION_SINK, read from its log at each scrape: every
+    worker sees the same file, so any worker answers for the replica."""
+
+    def __init__(self, log: PredictionLog):
+        self.log = log
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            oldest, rows = self.log.oldest_unshipped_ts(), self.log.unshipped_rows()
+        except LogUnavailable:
+            return
+        yield GaugeMetricFamily(
+            "facet_log_oldest_unshipped_seconds",
+            "Age of the oldest logged row not yet shipped (0 when every row is)",
+            value=0.0 if oldest is None else max(0.0, time.time() - oldest),
+        )
+        yield GaugeMetricFamily(
+            "facet_log_unshipped_rows", "Logged rows not yet shipped", value=rows
+        )
+
+
 def exposition() -> Response:
     if current_app.config["PROMETHEUS_MULTIPROC_DIR"]:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = REGISTRY
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    body = generate_latest(registry)
+    if current_app.config["PREDICTION_SINK"]:
+        replica = CollectorRegistry()
+        replica.register(UnshippedRows(current_app.extensions["facet.log"]))
+        body += generate_latest(replica)
+    return Response(body, mimetype=CONTENT_TYPE_LATEST)

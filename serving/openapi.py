@@ -199,6 +199,7 @@ OPERATIONS: tuple[Operation, ...] = (
             "too_many_pixels",
             "unsupported_media_type",
             "not_ready",
+            "log_unavailable",
         ),
         {
             "parameters": [

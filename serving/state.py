@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -86,9 +87,8 @@ def init_app(app: Flask, load_model_now: bool = False) -> None:
     app.extensions["facet.model"] = ModelSlot(app.config, load_model_now)
     app.extensions["facet.log"] = PredictionLog(
         app.config["PREDICTION_LOG"],
-        max_age_hours=app.config["PREDICTION_LOG_MAX_AGE_HOURS"],
-        max_rows=app.config["PREDICTION_LOG_MAX_ROWS"],
-        prune_every=app.config["PREDICTION_LOG_PRUNE_EVERY"],
+        replica=app.config["REPLICA_ID"] or socket.gethostname(),
+        timeout_s=app.config["PREDICTION_LOG_TIMEOUT_S"],
     )
 
 

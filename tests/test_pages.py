@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
-from helpers import ROOT
+from helpers import ROOT, locked
 from openapi_core import OpenAPI
 from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAPIResponse
 from openapi_core.validation.response.exceptions import InvalidData
@@ -63,7 +63,13 @@ def keyed(tmp_path, monkeypatch):
 @pytest.fixture
 def served(smoke_run, tmp_path):
     """The module's smoke run served under LIMITS."""
-    app = make_app(tmp_path, MODEL_DIR=None, MODEL_RUN=smoke_run.pathspec, **LIMITS)
+    app = make_app(
+        tmp_path,
+        MODEL_DIR=None,
+        MODEL_RUN=smoke_run.pathspec,
+        PREDICTION_LOG_TIMEOUT_S=0.2,
+        **LIMITS,
+    )
     assert app.extensions["facet.model"].wait(60), app.extensions["facet.model"].error
     return app.test_client()
 
@@ -227,7 +233,9 @@ def test_good_answers_match_the_description(served, spec, smoke_run):
 
 
 @pytest.mark.flow
-def test_every_error_code_is_answered_and_matches_the_description(served, keyed, spec):
+def test_every_error_code_is_answered_and_matches_the_description(served, keyed, spec, tmp_path):
+    with locked(tmp_path / "predictions.db"):
+        unlogged = upload(served, png(40))
     answers = {
         "no_image": upload(served, png(40), field="file"),
         "empty_image": upload(served, b""),
@@ -248,6 +256,7 @@ def test_every_error_code_is_answered_and_matches_the_description(served, keyed,
             headers={"Range": "bytes=9999999-"},
         ),
         "not_ready": keyed.get("/model", headers={"Authorization": f"Bearer {KEY}"}),
+        "log_unavailable": unlogged,
     }
     assert set(answers) == set(ERRORS) - UNPRODUCIBLE
     for code, response in answers.items():

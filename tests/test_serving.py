@@ -1,13 +1,16 @@
 """The REST service, through Flask's test client, serving the module's smoke run."""
 
+import contextlib
 import io
 import json
+import os
+import subprocess
 import uuid
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import PROBABILITY_ATOL, assert_same_probabilities
+from helpers import PROBABILITY_ATOL, assert_same_probabilities, locked
 from PIL import Image, ImageFile
 
 import lib.monitor
@@ -243,13 +246,15 @@ def test_not_ready_until_a_model_loads_and_says_why(tmp_path):
     assert client.post("/predict", data=b"x", content_type="image/png").status_code == 503
 
 
-def test_metrics_count_requests_images_and_the_model(client, faces, smoke_run):
-    def sample(text: str, name: str) -> float:
-        lines = [
-            ln for ln in text.splitlines() if ln.startswith(name + " ") or ln.startswith(name + "{")
-        ]
-        return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+def sample(text: str, name: str) -> float:
+    """The value of the metric `name` (with its labels, if any) in a /metrics exposition."""
+    lines = [
+        ln for ln in text.splitlines() if ln.startswith(name + " ") or ln.startswith(name + "{")
+    ]
+    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
 
+
+def test_metrics_count_requests_images_and_the_model(client, faces, smoke_run):
     before = client.get("/metrics").get_data(as_text=True)
     post_images(client, faces[0], faces[1])
     client.post("/predict", data=b"x", content_type="text/plain")
@@ -258,10 +263,8 @@ def test_metrics_count_requests_images_and_the_model(client, faces, smoke_run):
     refused = 'facet_requests_total{endpoint="/predict",status="415"}'
     assert sample(after, ok) == sample(before, ok) + 1
     assert sample(after, refused) == sample(before, refused) + 1
-    assert (
-        sample(after, "facet_images_per_request_sum")
-        == sample(before, "facet_images_per_request_sum") + 2
-    )
+    for counted in ("facet_images_per_request_sum", "facet_log_rows_written_total"):
+        assert sample(after, counted) == sample(before, counted) + 2
     assert f'facet_model_info{{model="{smoke_run.pathspec}",precision="fp32"}} 1.0' in after
     assert 'facet_request_duration_seconds_bucket{endpoint="/predict",le="+Inf"}' in after
 
@@ -329,3 +332,49 @@ def test_drift_report_is_sandboxed_and_read_from_the_datastore_once(tmp_path, mo
         assert response.headers["Content-Security-Policy"] == "sandbox allow-scripts"
         assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert loaded == [pathspec]
+
+
+def refused_for_the_log(client, face: bytes, reason: str) -> None:
+    """POST /predict is a 503 log_unavailable naming `reason`, counted in /metrics."""
+    failures = f'facet_log_write_failures_total{{reason="{reason}"}}'
+    before = sample(client.get("/metrics").get_data(as_text=True), failures)
+    response = post_images(client, face)
+    assert response.status_code == 503
+    error = response.get_json()["error"]
+    assert error["code"] == "log_unavailable"
+    assert "not answered" in error["message"], error
+    after = sample(client.get("/metrics").get_data(as_text=True), failures)
+    assert after == before + 1
+
+
+def test_a_locked_log_answers_503_and_the_next_request_is_served(smoke_run, tmp_path, faces):
+    app = make_app(tmp_path, MODEL_RUN=smoke_run.pathspec, PREDICTION_LOG_TIMEOUT_S=0.2)
+    client = app.test_client()
+    with locked(app.config["PREDICTION_LOG"]):
+        refused_for_the_log(client, faces[0], "locked")
+    assert post_images(client, faces[1]).status_code == 200
+    assert log_rows(app) == 1  # only the answered image
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI is root)")
+def test_a_full_disk_answers_503_and_serving_recovers_when_space_returns(
+    smoke_run, tmp_path, faces
+):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=True)
+    try:
+        app = make_app(disk, MODEL_RUN=smoke_run.pathspec)
+        client = app.test_client()
+        assert post_images(client, faces[0]).status_code == 200
+        filler = disk / "filler"
+        with filler.open("wb") as file, contextlib.suppress(OSError):  # ENOSPC: the disk is full
+            while True:
+                file.write(b"\0" * 65536)
+                file.flush()
+        refused_for_the_log(client, faces[1], "full")
+        filler.unlink()
+        assert post_images(client, faces[2]).status_code == 200
+        assert log_rows(app) == 2  # the answered images, not the refused one
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
