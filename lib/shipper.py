@@ -3,13 +3,14 @@ its local log (lib.predlog) within the retention settings.
 
     python -m lib.shipper   # what the gunicorn master starts when it is ready
 
-Every PREDICTION_SHIP_SECONDS it ships every unshipped row, a segment at a time: the segment is
-recorded in the log, written as Parquet objects (lib.sink.write_segment), and its rows deleted
-from the log only once every object is confirmed. A failed shipment leaves the segment recorded,
-so the next try writes the same objects again (same keys, same bytes): no row is lost or
-duplicated. Then it prunes the log (PREDICTION_LOG_MAX_AGE_HOURS, PREDICTION_LOG_MAX_ROWS), off
-the request path. SIGTERM or SIGINT: one last shipment, then it exits; it also exits when its
-parent (the gunicorn master) dies. Failures are logged and counted, never fatal.
+When it starts, then every PREDICTION_SHIP_SECONDS, it ships every unshipped row, a segment at
+a time: the segment is recorded in the log, written as Parquet objects (lib.sink.write_segment),
+and its rows deleted from the log only once every object is confirmed. A failed shipment leaves
+the segment recorded, so the next try writes the same objects again (same keys, same bytes): no
+row is lost or duplicated. Then it prunes the log (PREDICTION_LOG_MAX_AGE_HOURS,
+PREDICTION_LOG_MAX_ROWS), off the request path. SIGTERM or SIGINT: one last shipment, then it
+exits; it also exits when its parent (the gunicorn master) dies. Failures are logged and
+counted, never fatal.
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ def ship(log: PredictionLog, sink: Sink, limit: int = 50_000) -> int:
 
 
 def run(settings: ServingSettings, stop: threading.Event) -> None:
-    """Ship and prune every PREDICTION_SHIP_SECONDS until `stop` is set or the parent process
-    dies; then ship one last time and return."""
+    """Ship and prune now and every PREDICTION_SHIP_SECONDS until `stop` is set or the parent
+    process dies; then ship one last time and return."""
     log = PredictionLog(settings.PREDICTION_LOG, timeout_s=settings.PREDICTION_LOG_TIMEOUT_S)
     sink = Sink(settings.PREDICTION_SINK) if settings.PREDICTION_SINK else None
     parent = os.getppid()
@@ -75,9 +76,11 @@ def run(settings: ServingSettings, stop: threading.Event) -> None:
         sink.location if sink else "nowhere (PREDICTION_SINK is unset)",
         settings.PREDICTION_SHIP_SECONDS,
     )
-    while not _stopped(stop, parent, settings.PREDICTION_SHIP_SECONDS):
+    stopped = False
+    while not stopped:  # at once first: rows a killed replica left behind go without delay
         _ship_logging_failures(log, sink)
         _prune(log, settings, sink is not None)
+        stopped = _stopped(stop, parent, settings.PREDICTION_SHIP_SECONDS)
     _ship_logging_failures(log, sink)
     logger.info("stopped")
 
