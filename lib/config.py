@@ -115,6 +115,12 @@ class EvaluateConfig(Section):
     )
     batch_size: int = Field(512, gt=0, description="images per inference batch")
     card_images: int = Field(12, ge=0, description="test images shown in the evaluate card")
+    calibration: Literal["platt", "temperature", "none"] = Field(
+        "platt", description="each attribute's probability map, fitted on validation"
+    )
+    slices: list[str] = Field(
+        ["Male", "Young"], description="attributes whose groups the test metrics are compared by"
+    )
 
 
 class Resources(Section):
