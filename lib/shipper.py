@@ -67,9 +67,11 @@ def ship(log: PredictionLog, sink: Sink, limit: int = 50_000) -> int:
 def run(settings: ServingSettings, stop: threading.Event) -> None:
     """Ship and prune now and every PREDICTION_SHIP_SECONDS until `stop` is set or the parent
     process dies; then ship one last time and return."""
-    log = PredictionLog(settings.PREDICTION_LOG, timeout_s=settings.PREDICTION_LOG_TIMEOUT_S)
-    sink = Sink(settings.PREDICTION_SINK) if settings.PREDICTION_SINK else None
     parent = os.getppid()
+    log = _open_log(settings, stop, parent)
+    if log is None:
+        return
+    sink = Sink(settings.PREDICTION_SINK) if settings.PREDICTION_SINK else None
     logger.info(
         "shipping %s to %s every %g s",
         log.path,
@@ -83,6 +85,22 @@ def run(settings: ServingSettings, stop: threading.Event) -> None:
         stopped = _stopped(stop, parent, settings.PREDICTION_SHIP_SECONDS)
     _ship_logging_failures(log, sink)
     logger.info("stopped")
+
+
+def _open_log(
+    settings: ServingSettings, stop: threading.Event, parent: int
+) -> PredictionLog | None:
+    """The log, once it opens: a full disk or a lock held at start is waited out, retrying every
+    PREDICTION_SHIP_SECONDS. None if told to stop first."""
+    while True:
+        try:
+            return PredictionLog(
+                settings.PREDICTION_LOG, timeout_s=settings.PREDICTION_LOG_TIMEOUT_S
+            )
+        except LogUnavailable as error:
+            logger.error("cannot open the log yet, retrying: %s", error.message)
+        if _stopped(stop, parent, settings.PREDICTION_SHIP_SECONDS):
+            return None
 
 
 def _stopped(stop: threading.Event, parent: int, seconds: float) -> bool:

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from google.api_core.exceptions import RetryError, ServiceUnavailable
 from google.cloud.storage.retry import DEFAULT_RETRY
-from helpers import ROOT, flaky
+from helpers import ROOT, flaky, locked
 from prometheus_client import REGISTRY
 
 from lib.predlog import PredictionLog
@@ -163,6 +163,32 @@ def test_without_a_sink_the_log_is_pruned_to_its_retention(tmp_path):
     run_for_a_while(settings, lambda: log.unshipped_rows() == 4)
     assert metric("facet_log_rows_pruned_total") - before == 8
     assert list(log.read()["request_id"]) == ["r2", "r3", "r3", "r3"]  # the newest four
+
+
+def test_a_log_locked_when_the_shipper_starts_is_waited_out(tmp_path, caplog):
+    settings = shipper_settings(
+        tmp_path,
+        PREDICTION_SINK=str(tmp_path / "sink"),
+        PREDICTION_SHIP_SECONDS=0.1,
+        PREDICTION_LOG_TIMEOUT_S=0.1,
+    )
+    log = PredictionLog(settings.PREDICTION_LOG)
+    fill(log, 2)
+    logged = log.read()
+    stop = threading.Event()
+    shipper = threading.Thread(target=run, args=(settings, stop))
+    with caplog.at_level(logging.ERROR, logger="lib.shipper"):
+        with locked(settings.PREDICTION_LOG):
+            shipper.start()
+            time.sleep(0.5)
+            assert shipper.is_alive()
+        deadline = time.monotonic() + 10
+        while log.unshipped_rows() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    stop.set()
+    shipper.join(10)
+    assert "cannot open the log yet" in caplog.text
+    assert_once(read_folder(tmp_path / "sink"), logged)
 
 
 def shipper_environment(tmp_path: Path) -> dict[str, str]:
