@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from metaflow.exception import MetaflowException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 CONFIGS = Path(__file__).resolve().parents[1] / "flows" / "configs"
 DEFAULT = CONFIGS / "default.json"
@@ -33,9 +33,31 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class FaintSpec(Section):
+    attribute: str | None = Field(
+        None,
+        description="a drawn attribute painted faint on one group's faces, a known gap for "
+        "the fairness slices (lib.synthetic.FAINT_ATTRIBUTES); null: none",
+    )
+    group: str = Field(
+        "Young", description="the label-only attribute whose positive faces get the faint cue"
+    )
+    visibility: float = Field(
+        0.3, ge=0, le=1, description="the faint cue's opacity: 0 absent, 1 as on other faces"
+    )
+
+    @model_validator(mode="after")
+    def _drawable(self) -> FaintSpec:
+        from lib.synthetic import make_faint  # numpy and PIL: only when a config is checked
+
+        make_faint(self.attribute, self.group, self.visibility)
+        return self
+
+
 class SyntheticSpec(Section):
     n: int = Field(20_000, gt=0, description="images to generate")
     seed: int = Field(0, description="generator seed: the same seed draws the same faces")
+    faint: FaintSpec = Field(default_factory=FaintSpec)
 
 
 class DataConfig(Section):

@@ -2,6 +2,7 @@
 
     python -m lib.synthetic OUT_DIR --n 20000 --seed 0 [--shift blur=2]
         [--prevalence Eyeglasses=0.4] [--layout official|zip|kaggle]
+        [--faint Eyeglasses,Young,0.3]
 
 writes OUT_DIR/img_align_celeba/000001.jpg ... (178x218 RGB JPEG), list_attr_celeba.txt and
 list_eval_partition.txt, formatted like the official files (count line, header with a trailing
@@ -11,6 +12,10 @@ rate; the ones in DRAWN_ATTRIBUTES are painted on the face, the rest are labels 
 visual cue, so a model should score about chance on them. Each image depends only on
 (seed, index), so generation is parallel and any image can be regenerated alone.
 
+`faint` paints one attribute's cue at a lower opacity on the faces of one group (a label-only
+attribute such as Young): a model then misses it more often there, a known unfairness for the
+fairness slices (lib.slices) to find. Without it the same seed draws the same faces.
+
 Cues are drawn boldly on purpose: the model sees the central 178x178 square shrunk to 64 px,
 where anything thinner than about 8 source pixels disappears.
 """
@@ -18,6 +23,7 @@ where anything thinner than about 8 source pixels disappears.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import os
 import shutil
@@ -26,6 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from multiprocessing import Pool
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -103,6 +110,18 @@ DRAWN_ATTRIBUTES: list[str] = [
     "Wearing_Lipstick",
     "Wearing_Necktie",
 ]
+# Drawn cues painted over the face without random draws of their own: the same face drawn
+# without one differs from it only there, so blending the two draws the cue faint. The others
+# change a part's shape (a smile, a goatee), or draw colours that shift every later draw.
+FAINT_ATTRIBUTES: list[str] = [
+    "Bangs",
+    "Blurry",
+    "Eyeglasses",
+    "Mustache",
+    "Rosy_Cheeks",
+    "Wearing_Lipstick",
+]
+LABEL_ONLY: list[str] = [name for name in ATTRIBUTES if name not in DRAWN_ATTRIBUTES]
 
 HAIR_COLOURS = {
     "Black_Hair": (25, 22, 25),
@@ -118,14 +137,46 @@ LAYOUTS = ("official", "zip", "kaggle")
 SPLIT_SHARES = (162_770 / 202_599, 19_867 / 202_599)
 
 
+class Faint(NamedTuple):
+    """`attribute`'s cue painted at `visibility` opacity (0: absent, 1: as usual) on the faces
+    labelled `group`; their labels still say the attribute is there."""
+
+    attribute: str
+    group: str
+    visibility: float
+
+    def applies(self, labels: dict[str, int]) -> bool:
+        return bool(labels[self.group] and labels[self.attribute])
+
+
+def make_faint(attribute: str | None, group: str, visibility: float) -> Faint | None:
+    """Validate a faint option (None when `attribute` is None): the attribute must be one the
+    generator can draw faint, the group one the faces do not show."""
+    if attribute is None:
+        return None
+    if attribute not in FAINT_ATTRIBUTES:
+        raise ValueError(
+            f"faint attribute {attribute!r} cannot be drawn faint; one of {FAINT_ATTRIBUTES}"
+        )
+    if group not in LABEL_ONLY:
+        raise ValueError(
+            f"faint group {group!r} must be a label-only attribute, one of {LABEL_ONLY}"
+        )
+    if not 0.0 <= visibility <= 1.0:
+        raise ValueError(f"faint visibility {visibility} must lie in [0, 1]")
+    return Faint(attribute, group, float(visibility))
+
+
 @dataclass(frozen=True)
 class Spec:
-    """What to generate: how many images, from which seed, with which distribution shifts."""
+    """What to generate: how many images, from which seed, with which distribution shifts,
+    and which attribute is drawn faint for which group."""
 
     n: int
     seed: int = 0
     rates: dict[str, float] = field(default_factory=lambda: dict(CELEBA_RATES))
     shifts: dict[str, float] = field(default_factory=dict)
+    faint: Faint | None = None
 
 
 def make_spec(
@@ -133,8 +184,10 @@ def make_spec(
     seed: int = 0,
     prevalence: dict[str, float] | None = None,
     shifts: dict[str, float] | None = None,
+    faint: dict[str, Any] | None = None,
 ) -> Spec:
-    """Validate overrides and build a Spec; unknown names or out-of-range values raise."""
+    """Validate overrides and build a Spec; unknown names or out-of-range values raise.
+    `faint` holds make_faint's arguments (the config's data.synthetic.faint)."""
     if n < 1:
         raise ValueError(f"--n must be at least 1, got {n}")
     rates = dict(CELEBA_RATES)
@@ -150,7 +203,8 @@ def make_spec(
     for name in shifts or {}:
         if name not in SHIFT_NAMES:
             raise ValueError(f"unknown shift {name!r}; known: {list(SHIFT_NAMES)}")
-    return Spec(n=n, seed=seed, rates=rates, shifts=dict(shifts or {}))
+    faint_spec = make_faint(**faint) if faint else None
+    return Spec(n=n, seed=seed, rates=rates, shifts=dict(shifts or {}), faint=faint_spec)
 
 
 def sample_labels(rng: np.random.Generator, rates: dict[str, float]) -> dict[str, int]:
@@ -189,10 +243,25 @@ class Face:
 
 
 def render_face(
-    rng: np.random.Generator, labels: dict[str, int], shifts: dict[str, float]
+    rng: np.random.Generator,
+    labels: dict[str, int],
+    shifts: dict[str, float],
+    faint: Faint | None = None,
 ) -> Image.Image:
-    """Paint one 178x218 face whose visible cues follow `labels`, back to front. The order of
-    the parts is the order of their random draws: changing it changes every image."""
+    """Paint one 178x218 face whose visible cues follow `labels`, then shift it. When `faint`
+    applies to it, the face is blended at the faint visibility over the same face painted
+    without the faint cue, from the same random draws."""
+    if faint is not None and faint.applies(labels):
+        plain = paint_face(copy.deepcopy(rng), {**labels, faint.attribute: 0})
+        image = Image.blend(plain, paint_face(rng, labels), faint.visibility)
+    else:
+        image = paint_face(rng, labels)
+    return apply_shifts(image, shifts, rng)
+
+
+def paint_face(rng: np.random.Generator, labels: dict[str, int]) -> Image.Image:
+    """Paint the face back to front. The order of the parts is the order of their random
+    draws: changing it changes every image."""
     background = tuple(int(v) for v in rng.integers(40, 220, 3))
     image = Image.new("RGB", (WIDTH, HEIGHT), background)
     draw = ImageDraw.Draw(image)
@@ -208,7 +277,7 @@ def render_face(
     draw_earrings(draw, rng, face)
     if labels["Blurry"]:
         image = image.filter(ImageFilter.GaussianBlur(5))
-    return apply_shifts(image, shifts, rng)
+    return image
 
 
 def place_face(rng: np.random.Generator, labels: dict[str, int]) -> Face:
@@ -374,7 +443,7 @@ def _generate_one(args: tuple[Spec, int, str]) -> list[int]:
     spec, index, image_dir = args
     rng = np.random.default_rng([spec.seed, index])
     labels = sample_labels(rng, spec.rates)
-    render_face(rng, labels, spec.shifts).save(
+    render_face(rng, labels, spec.shifts, spec.faint).save(
         os.path.join(image_dir, file_name(index)), quality=92
     )
     return [labels[name] for name in ATTRIBUTES]
@@ -445,6 +514,16 @@ def _parse_pairs(pairs: list[str], flag: str) -> dict[str, float]:
     return parsed
 
 
+def _parse_faint(value: str | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        attribute, group, visibility = value.split(",")
+        return {"attribute": attribute, "group": group, "visibility": float(visibility)}
+    except ValueError:
+        raise SystemExit(f"--faint expects ATTRIBUTE,GROUP,VISIBILITY, got {value!r}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m lib.synthetic", description=__doc__.split("\n")[0]
@@ -467,6 +546,11 @@ def main(argv: list[str] | None = None) -> None:
         metavar="ATTRIBUTE=RATE",
         help="override an attribute's positive rate",
     )
+    parser.add_argument(
+        "--faint",
+        metavar="ATTRIBUTE,GROUP,VISIBILITY",
+        help=f"draw one of {', '.join(FAINT_ATTRIBUTES)} at this opacity on the group's faces",
+    )
     args = parser.parse_args(argv)
     try:
         spec = make_spec(
@@ -474,6 +558,7 @@ def main(argv: list[str] | None = None) -> None:
             args.seed,
             _parse_pairs(args.prevalence, "--prevalence"),
             _parse_pairs(args.shift, "--shift"),
+            _parse_faint(args.faint),
         )
     except ValueError as error:
         raise SystemExit(str(error)) from None

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from lib import synthetic
-from lib.celeba import read_celeba
+from lib.celeba import IMAGE_DIR, read_celeba
 
 
 def digest(folder):
@@ -98,3 +98,78 @@ def test_faces_render_to_the_same_pixels_as_before():
         shifts = {"brightness": 0.2, "noise": 3.0} if index % 2 else {}
         digest.update(synthetic.render_face(rng, labels, shifts).tobytes())
     assert digest.hexdigest() == RENDERED_DIGEST
+
+
+# generate(make_spec(60, seed=3)) before the faint option existed: without it, the same seed
+# must still write the same files, labels and JPEG bytes.
+GENERATED_DIGEST = "8789828df46a496c861b5662b63b0bcc1bab2950acc3e23fa30a9f8aa91d3cf1"
+FAINT = {"attribute": "Eyeglasses", "group": "Young", "visibility": 0.3}
+FAINT_LABELS = ("Young", "Eyeglasses")
+
+
+def test_without_faint_the_same_seed_writes_the_same_files_as_before(tmp_path):
+    root = synthetic.generate(tmp_path, synthetic.make_spec(60, seed=3), processes=2)
+    assert digest(root) == GENERATED_DIGEST
+
+
+def test_faint_changes_only_the_group_faces_that_have_the_attribute(tmp_path):
+    glasses = {"Eyeglasses": 0.5}  # enough faces to change
+    plain = synthetic.generate(tmp_path / "plain", synthetic.make_spec(60, 3, glasses))
+    spec = synthetic.make_spec(60, 3, glasses, faint=FAINT)
+    faint = synthetic.generate(tmp_path / "faint", spec)
+    index = read_celeba(faint)
+    assert (index.labels == read_celeba(plain).labels).all()  # the labels still say glasses
+    young, wearing = (index.labels[:, index.attributes.index(a)] == 1 for a in FAINT_LABELS)
+    assert 5 < (young & wearing).sum() < 55
+
+    def image(root, name):
+        return (root / IMAGE_DIR / name).read_bytes()
+
+    changed = [image(plain, name) != image(faint, name) for name in index.files]
+    assert changed == (young & wearing).tolist()
+
+
+@pytest.mark.parametrize("attribute", synthetic.FAINT_ATTRIBUTES)
+def test_a_faint_cue_is_the_face_with_and_without_it_blended(attribute):
+    labels = {name: 1 for name in synthetic.ATTRIBUTES} | {"Bald": 0, "No_Beard": 0}
+    labels |= {"Goatee": 0, "Blurry": int(attribute == "Blurry")}
+
+    def face(visibility=None, **override):
+        rng = np.random.default_rng([5, 1])
+        faint = None if visibility is None else synthetic.Faint(attribute, "Young", visibility)
+        image = synthetic.render_face(rng, labels | override, {}, faint)
+        return np.asarray(image, dtype=np.float32), rng.bit_generator.state
+
+    shown, after_shown = face()
+    hidden, after_hidden = face(**{attribute: 0})
+    half, after_half = face(0.5)
+    # The cue draws no random numbers: every later draw (a shift's noise) is the same.
+    assert after_shown == after_hidden == after_half
+    cue = shown != hidden
+    assert cue.any()
+    assert (half[~cue] == shown[~cue]).all()
+    assert np.abs(half - (shown + hidden) / 2).max() <= 1  # halfway, to rounding
+    assert (face(0.0)[0] == hidden).all() and (face(1.0)[0] == shown).all()
+
+
+@pytest.mark.parametrize(
+    ("faint", "message"),
+    [
+        ({**FAINT, "attribute": "Smiling"}, "'Smiling' cannot be drawn faint"),
+        ({**FAINT, "attribute": "Male"}, "'Male' cannot be drawn faint"),
+        ({**FAINT, "group": "Eyeglasses"}, "group 'Eyeglasses' must be a label-only"),
+        ({**FAINT, "visibility": 1.2}, r"must lie in \[0, 1\]"),
+    ],
+)
+def test_faint_refuses_what_it_cannot_draw(faint, message):
+    with pytest.raises(ValueError, match=message):
+        synthetic.make_spec(10, faint=faint)
+
+
+def test_cli_draws_faint_and_rejects_a_malformed_faint(tmp_path):
+    synthetic.main([str(tmp_path / "out"), "--n", "3", "--faint", "Mustache,Male,0.2"])
+    assert len(list((tmp_path / "out" / "img_align_celeba").iterdir())) == 3
+    with pytest.raises(SystemExit, match="ATTRIBUTE,GROUP,VISIBILITY"):
+        synthetic.main([str(tmp_path / "bad"), "--n", "3", "--faint", "Mustache,Male"])
+    with pytest.raises(SystemExit, match="label-only"):
+        synthetic.main([str(tmp_path / "bad"), "--n", "3", "--faint", "Mustache,Bald,0.2"])
