@@ -382,3 +382,86 @@ def _iframe(report_html: str) -> str:
     HTML block."""
     source = html.escape(report_html).replace("\n", "&#10;")
     return f'<iframe srcdoc="{source}" style="width:100%;height:1400px;border:0"></iframe>'
+
+
+def slices_summary(report: dict[str, Any], shown: int = 10) -> list:
+    """The fairness slices (lib.slices.slice_report): what they measure, a chart of each
+    slice's `shown` largest equalized-odds differences and a table of the largest overall."""
+    largest = report["largest_gaps"]
+    undefined = sum(len(s["undefined"]) for s in report["slices"].values())
+    lines = [
+        "# Fairness slices",
+        f"Test metrics in the groups of {', '.join(report['slice_by'])}. An attribute's gap is "
+        "its equalized-odds difference (fairlearn): the larger of the true-positive-rate and "
+        "false-positive-rate gaps between the groups.",
+    ]
+    if undefined:
+        lines.append(
+            f"{undefined} rates are undefined (a group without positives or negatives); their "
+            'gaps are NaN and listed in metrics["slices"].'
+        )
+    rows = []
+    for gap in largest:
+        entry = report["slices"][gap["slice"]]["attributes"][gap["attribute"]]
+        rows.append(
+            [
+                gap["slice"],
+                gap["attribute"],
+                f"{gap['equalized_odds_difference']:.3f}",
+                *(
+                    ", ".join(f"{group} {value:.3f}" for group, value in entry[rate].items())
+                    for rate in ("true_positive_rate", "false_positive_rate")
+                ),
+                ", ".join(f"{group} {count}" for group, count in entry["positives"].items()),
+            ]
+        )
+    headers = ["slice", "attribute", "equalized-odds difference", "TPR", "FPR", "positives"]
+    return [
+        Markdown("\n\n".join(lines)),
+        VegaChart(slice_gap_chart(report, shown)),
+        Table(rows, headers=headers),
+    ]
+
+
+def slice_gap_chart(report: dict[str, Any], shown: int = 10) -> dict[str, Any]:
+    """Each slice's `shown` largest equalized-odds differences as bars, a panel per slice,
+    coloured by the rate whose gap it is."""
+    values = []
+    for by, sliced in report["slices"].items():
+        gaps = [
+            {
+                "slice": by,
+                "attribute": attribute,
+                "gap": entry["equalized_odds_difference"],
+                "rate": "TPR"
+                if entry["true_positive_rate_gap"] >= entry["false_positive_rate_gap"]
+                else "FPR",
+            }
+            for attribute, entry in sliced["attributes"].items()
+            if not math.isnan(entry["equalized_odds_difference"])
+        ]
+        values += sorted(gaps, key=lambda gap: -gap["gap"])[:shown]
+    return {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "title": "largest equalized-odds differences per slice, test split",
+        "data": {"values": values},
+        "facet": {"field": "slice", "type": "nominal", "title": None},
+        "columns": 2,
+        "spec": {
+            "width": 300,
+            "height": 200,
+            "mark": "bar",
+            "encoding": {
+                "y": {"field": "attribute", "type": "nominal", "sort": "-x", "title": None},
+                "x": {
+                    "field": "gap",
+                    "type": "quantitative",
+                    "title": "equalized-odds difference",
+                    "scale": {"domain": [0, 1]},
+                },
+                "color": {"field": "rate", "type": "nominal", "title": "gap in"},
+                "tooltip": [{"field": "attribute"}, {"field": "gap", "format": ".3f"}],
+            },
+        },
+        "resolve": {"scale": {"y": "independent"}},
+    }

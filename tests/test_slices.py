@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from fairlearn.metrics import equalized_odds_difference
 
+from lib.cards import slice_gap_chart, slices_summary
 from lib.slices import slice_report
 
 ATTRIBUTES = ["A", "B", "C", "G"]
@@ -112,3 +113,24 @@ def test_forty_attributes_by_two_slices_on_two_thousand_rows_is_quick():
     report = slice_report(labels, predicted, names, ["a0", "a1"])
     assert time.perf_counter() - started < 2.0  # about 0.3 s on 2 cores
     assert len(report["largest_gaps"]) == 5 and len(report["slices"]["a1"]["attributes"]) == 39
+
+
+def test_the_card_charts_each_slices_largest_gaps_and_tables_the_largest():
+    report = slice_report(LABELS, PREDICTED, ATTRIBUTES, ["G", "A"])
+    bars = slice_gap_chart(report, shown=1)["data"]["values"]
+    # By A, B has no positives in one group: no gap; C's is the TPR's, 1 - 0.
+    assert [(bar["slice"], bar["attribute"], bar["rate"]) for bar in bars] == [
+        ("G", "B", "FPR"),
+        ("A", "C", "TPR"),
+    ]
+    assert [bar["gap"] for bar in bars] == [pytest.approx(2 / 3), 1.0]
+    text, chart, table = slices_summary(report)
+    assert "2 rates are undefined" in text._text  # C's TPR among G, B's among A
+    assert chart._spec == slice_gap_chart(report)
+    assert [row[:3] for row in table._data] == [
+        ["A", "C", "1.000"],
+        ["G", "B", "0.667"],
+        ["G", "A", "0.500"],
+        ["A", "G", "0.000"],
+    ]
+    assert table._data[1][3:] == ["G 1.000, not G 1.000", "G 0.667, not G 0.000", "G 1, not G 1"]
