@@ -6,6 +6,7 @@ from PIL import Image
 
 from lib import synthetic
 from lib.celeba import IMAGE_DIR, read_celeba
+from lib.config import SyntheticSpec
 
 
 def digest(folder):
@@ -173,3 +174,10 @@ def test_cli_draws_faint_and_rejects_a_malformed_faint(tmp_path):
         synthetic.main([str(tmp_path / "bad"), "--n", "3", "--faint", "Mustache,Male"])
     with pytest.raises(SystemExit, match="label-only"):
         synthetic.main([str(tmp_path / "bad"), "--n", "3", "--faint", "Mustache,Bald,0.2"])
+
+
+def test_the_configs_faint_section_reaches_the_generator():
+    # As TrainFlow hands data.synthetic to lib.sources.
+    section = SyntheticSpec.model_validate({"n": 5, "faint": FAINT}).model_dump()
+    assert synthetic.make_spec(**section).faint == synthetic.Faint("Eyeglasses", "Young", 0.3)
+    assert synthetic.make_spec(**SyntheticSpec().model_dump()).faint is None
