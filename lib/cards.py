@@ -393,7 +393,8 @@ def slices_summary(report: dict[str, Any], shown: int = 10) -> list:
         "# Fairness slices",
         f"Test metrics in the groups of {', '.join(report['slice_by'])}. An attribute's gap is "
         "its equalized-odds difference (fairlearn): the larger of the true-positive-rate and "
-        "false-positive-rate gaps between the groups.",
+        "false-positive-rate gaps between the groups. Shown: attributes with at least "
+        f"{report['min_count']} positives and negatives in each group.",
     ]
     if undefined:
         lines.append(
@@ -424,8 +425,8 @@ def slices_summary(report: dict[str, Any], shown: int = 10) -> list:
 
 
 def slice_gap_chart(report: dict[str, Any], shown: int = 10) -> dict[str, Any]:
-    """Each slice's `shown` largest equalized-odds differences as bars, a panel per slice,
-    coloured by the rate whose gap it is."""
+    """Each slice's `shown` largest ranked equalized-odds differences as bars, a panel per
+    slice, coloured by the rate whose gap it is."""
     values = []
     for by, sliced in report["slices"].items():
         gaps = [
@@ -438,7 +439,7 @@ def slice_gap_chart(report: dict[str, Any], shown: int = 10) -> dict[str, Any]:
                 else "FPR",
             }
             for attribute, entry in sliced["attributes"].items()
-            if not math.isnan(entry["equalized_odds_difference"])
+            if entry["ranked"]
         ]
         values += sorted(gaps, key=lambda gap: -gap["gap"])[:shown]
     return {

@@ -10,11 +10,15 @@ One MetricFrame per slice scores all attributes at once (its metrics return a va
 A rate with nothing to count is NaN: a group without positives has no TPR, one without
 negatives no FPR. Every gap that needs it is NaN too (fairlearn's own aggregates would skip the
 group and report a gap of 0), `undefined` names each case, and `largest_gaps` leaves them out.
+A rate from a handful of faces is mostly chance (1 of 2 against 0 of 3 is a gap of 0.5), so
+`largest_gaps` ranks only attributes whose groups each hold at least `min_count` positives and
+as many negatives (`ranked`); the others' gaps are reported all the same.
 
 The report, stored as the run's metrics["slices"]; plain floats and ints:
 
     {
       "slice_by": ["Male", "Young"],
+      "min_count": 20,
       "slices": {
         "Male": {
           "groups": {"Male": 812, "not Male": 1188},     # test rows in each group
@@ -29,6 +33,7 @@ The report, stored as the run's metrics["slices"]; plain floats and ints:
               "true_positive_rate_gap": 0.29,
               "false_positive_rate_gap": 0.01,
               "equalized_odds_difference": 0.29,
+              "ranked": true,                          # enough faces in each group
             },
             ...
           },
@@ -39,7 +44,7 @@ The report, stored as the run's metrics["slices"]; plain floats and ints:
         },
         "Young": {...},
       },
-      "largest_gaps": [                                  # the largest first, NaN left out
+      "largest_gaps": [                     # the largest first; NaN, too few left out
         {"slice": "Young", "attribute": "Eyeglasses", "equalized_odds_difference": 0.41,
          "true_positive_rate_gap": 0.41, "false_positive_rate_gap": 0.02},
         ...
@@ -59,6 +64,7 @@ RATES = ("accuracy", "true_positive_rate", "false_positive_rate")
 DENOMINATORS = {"true_positive_rate": "positives", "false_positive_rate": "negatives"}
 GAPS = ("equalized_odds_difference", "true_positive_rate_gap", "false_positive_rate_gap")
 LARGEST = 5  # entries in largest_gaps
+MIN_COUNT = 20  # positives and negatives each group needs for its gap to be ranked
 
 
 def _share(hits: np.ndarray, of: np.ndarray) -> np.ndarray:
@@ -78,10 +84,15 @@ METRICS = {
 
 
 def slice_report(
-    labels: np.ndarray, predicted: np.ndarray, attributes: list[str], slice_by: list[str]
+    labels: np.ndarray,
+    predicted: np.ndarray,
+    attributes: list[str],
+    slice_by: list[str],
+    min_count: int = MIN_COUNT,
 ) -> dict[str, Any]:
     """Per-group accuracy, TPR and FPR of every attribute for each slice attribute, their
-    gaps, and the largest equalized-odds differences (the module docstring shows the shape).
+    gaps, and the largest equalized-odds differences among attributes with `min_count`
+    positives and negatives in each group (the module docstring shows the shape).
     labels, predicted: (rows, attributes) 0/1, predicted at the tuned thresholds."""
     unknown = [name for name in slice_by if name not in attributes]
     if unknown:
@@ -91,12 +102,21 @@ def slice_report(
             f"labels {labels.shape} and predicted {predicted.shape} must both be "
             f"(rows, {len(attributes)} attributes)"
         )
+    if min_count < 1:
+        raise ValueError(f"min_count must be at least 1, got {min_count}")
     truth, guess = labels.astype(bool), predicted.astype(bool)
-    slices = {by: _slice(truth, guess, attributes, by) for by in slice_by}
-    return {"slice_by": list(slice_by), "slices": slices, "largest_gaps": _largest(slices)}
+    slices = {by: _slice(truth, guess, attributes, by, min_count) for by in slice_by}
+    return {
+        "slice_by": list(slice_by),
+        "min_count": min_count,
+        "slices": slices,
+        "largest_gaps": _largest(slices),
+    }
 
 
-def _slice(truth: np.ndarray, guess: np.ndarray, attributes: list[str], by: str) -> dict:
+def _slice(
+    truth: np.ndarray, guess: np.ndarray, attributes: list[str], by: str, min_count: int
+) -> dict:
     """One slice attribute's groups (its positive and negative rows) compared on every other
     attribute."""
     member = truth[:, attributes.index(by)]
@@ -108,7 +128,7 @@ def _slice(truth: np.ndarray, guess: np.ndarray, attributes: list[str], by: str)
         name: _group_values(by_group, value, len(attributes)) for name, value in groups.items()
     }
     report = {
-        attribute: _attribute(values, i)
+        attribute: _attribute(values, i, min_count)
         for i, attribute in enumerate(attributes)
         if attribute != by
     }
@@ -136,8 +156,9 @@ def _group_values(by_group: Any, value: bool, width: int) -> dict[str, np.ndarra
     }
 
 
-def _attribute(values: dict[str, dict[str, np.ndarray]], i: int) -> dict[str, Any]:
-    """One attribute's per-group rates and counts, its gaps and equalized-odds difference."""
+def _attribute(values: dict[str, dict[str, np.ndarray]], i: int, min_count: int) -> dict[str, Any]:
+    """One attribute's per-group rates and counts, its gaps and equalized-odds difference,
+    and whether it has the faces to be ranked."""
     entry: dict[str, Any] = {
         metric: {group: float(by[metric][i]) for group, by in values.items()} for metric in RATES
     }
@@ -149,15 +170,18 @@ def _attribute(values: dict[str, dict[str, np.ndarray]], i: int) -> dict[str, An
     entry["equalized_odds_difference"] = float(
         np.max([entry["true_positive_rate_gap"], entry["false_positive_rate_gap"]])
     )
+    counts = [*entry["positives"].values(), *entry["negatives"].values()]
+    entry["ranked"] = min(counts) >= min_count  # never with a NaN gap: min_count >= 1
     return entry
 
 
 def _largest(slices: dict[str, dict]) -> list[dict[str, Any]]:
-    """The LARGEST defined equalized-odds differences over every slice, the largest first."""
+    """The LARGEST equalized-odds differences of ranked attributes over every slice, the
+    largest first."""
     gaps = [
         {"slice": by, "attribute": attribute, **{gap: entry[gap] for gap in GAPS}}
         for by, report in slices.items()
         for attribute, entry in report["attributes"].items()
-        if not np.isnan(entry["equalized_odds_difference"])
+        if entry["ranked"]
     ]
     return sorted(gaps, key=lambda gap: -gap["equalized_odds_difference"])[:LARGEST]

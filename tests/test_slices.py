@@ -32,8 +32,8 @@ PREDICTED = np.array(
 
 
 def test_rates_and_gaps_match_the_counts_by_hand():
-    report = slice_report(LABELS, PREDICTED, ATTRIBUTES, ["G"])
-    assert report["slice_by"] == ["G"]
+    report = slice_report(LABELS, PREDICTED, ATTRIBUTES, ["G"], min_count=1)
+    assert report["slice_by"] == ["G"] and report["min_count"] == 1
     g = report["slices"]["G"]
     assert g["groups"] == {"G": 4, "not G": 4}
     assert list(g["attributes"]) == ["A", "B", "C"]  # the slice is not sliced by itself
@@ -62,7 +62,7 @@ def test_rates_and_gaps_match_the_counts_by_hand():
 
 
 def test_a_group_without_positives_has_no_rate_and_says_so():
-    report = slice_report(LABELS, PREDICTED, ATTRIBUTES, ["G"])
+    report = slice_report(LABELS, PREDICTED, ATTRIBUTES, ["G"], min_count=1)
     c = report["slices"]["G"]["attributes"]["C"]
     assert math.isnan(c["true_positive_rate"]["G"]) and c["true_positive_rate"]["not G"] == 0.5
     assert math.isnan(c["true_positive_rate_gap"]) and math.isnan(c["equalized_odds_difference"])
@@ -71,6 +71,18 @@ def test_a_group_without_positives_has_no_rate_and_says_so():
         {"attribute": "C", "group": "G", "rate": "true_positive_rate", "reason": "no positives"}
     ]
     assert "C" not in [gap["attribute"] for gap in report["largest_gaps"]]
+
+
+def test_only_gaps_between_groups_with_enough_faces_are_ranked():
+    # A has 2 positives and 2 negatives in each group; B 1 positive and 3 negatives.
+    report = slice_report(LABELS, PREDICTED, ATTRIBUTES, ["G"], min_count=2)
+    assert [gap["attribute"] for gap in report["largest_gaps"]] == ["A"]
+    ranked = {name: e["ranked"] for name, e in report["slices"]["G"]["attributes"].items()}
+    assert ranked == {"A": True, "B": False, "C": False}
+    assert report["slices"]["G"]["attributes"]["B"]["equalized_odds_difference"] > 0.5
+    assert slice_report(LABELS, PREDICTED, ATTRIBUTES, ["G"])["largest_gaps"] == []  # 20
+    with pytest.raises(ValueError, match="min_count must be at least 1"):
+        slice_report(LABELS, PREDICTED, ATTRIBUTES, ["G"], min_count=0)
 
 
 def test_a_slice_with_one_group_only_reports_the_other_as_empty():
@@ -93,7 +105,7 @@ def test_the_report_is_plain_data():
         return {type(value)}
 
     report = slice_report(LABELS, PREDICTED, ATTRIBUTES, ["G", "A"])
-    assert kinds(report) == {str, int, float}  # no numpy scalars
+    assert kinds(report) == {str, int, float, bool}  # no numpy scalars
     assert json.loads(json.dumps(report))["slice_by"] == ["G", "A"]
     assert list(report["slices"]["A"]["attributes"]) == ["B", "C", "G"]
 
@@ -116,7 +128,7 @@ def test_forty_attributes_by_two_slices_on_two_thousand_rows_is_quick():
 
 
 def test_the_card_charts_each_slices_largest_gaps_and_tables_the_largest():
-    report = slice_report(LABELS, PREDICTED, ATTRIBUTES, ["G", "A"])
+    report = slice_report(LABELS, PREDICTED, ATTRIBUTES, ["G", "A"], min_count=1)
     bars = slice_gap_chart(report, shown=1)["data"]["values"]
     # By A, B has no positives in one group: no gap; C's is the TPR's, 1 - 0.
     assert [(bar["slice"], bar["attribute"], bar["rate"]) for bar in bars] == [
