@@ -442,14 +442,15 @@ def slice_gap_chart(report: dict[str, Any], shown: int = 10) -> dict[str, Any]:
             if entry["ranked"]
         ]
         values += sorted(gaps, key=lambda gap: -gap["gap"])[:shown]
+    title = "largest equalized-odds differences per slice, test split"
+    # A facet ignores a top-level width and height; they keep VegaChart from setting width
+    # "container", which only a single view takes.
     return {
-        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
-        "title": "largest equalized-odds differences per slice, test split",
-        "data": {"values": values},
+        **_vega_lite(title, 250, 200, data={"values": values}),
         "facet": {"field": "slice", "type": "nominal", "title": None},
         "columns": 2,
         "spec": {
-            "width": 300,
+            "width": 250,
             "height": 200,
             "mark": "bar",
             "encoding": {
