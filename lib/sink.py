@@ -30,12 +30,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lib.predlog import PredictionLog
+from lib.predlog import META_COLUMNS, PredictionLog
 from lib.storage import GCSFolder, client, fsync, inside, retrying, split_gs_uri
 
 HOUR = "%Y-%m-%dT%H"  # fixed width: hour partitions sort as their names do
 SECONDS_PER_HOUR = 3600
-COLUMNS = ["ts", "replica", "request_id", "model", "image_index"]  # PredictionLog.read's first
 ORDER = ["ts", "replica", "request_id", "image_index"]  # a window's rows, sorted
 FILE_FIELDS = [
     pa.field("ts", pa.float64()),
@@ -144,7 +143,9 @@ def write_segment(
 def _parquet(rows: pd.DataFrame) -> bytes:
     """One Parquet file of rows: FILE_FIELDS, then each drift value that any row has, as
     float64 (the other models' columns of a mixed segment are left out)."""
-    values = [name for name in rows.columns if name not in COLUMNS and rows[name].notna().any()]
+    values = [
+        name for name in rows.columns if name not in META_COLUMNS and rows[name].notna().any()
+    ]
     schema = pa.schema([*FILE_FIELDS, *(pa.field(name, pa.float64()) for name in values)])
     table = pa.Table.from_pandas(rows, schema=schema, preserve_index=False)
     buffer = pa.BufferOutputStream()
@@ -163,7 +164,7 @@ def read_window(
     location = str(location)
     if not is_sink(location):
         if not Path(location).exists():
-            return pd.DataFrame(columns=COLUMNS), []
+            return pd.DataFrame(columns=META_COLUMNS), []
         return PredictionLog(location).read(model=model, since=since, until=until), [location]
     sink = Sink(location)
     keys = _window_keys(sink, model, since, until)
@@ -190,11 +191,11 @@ def _window_rows(
     tables: list[pa.Table], model: str, since: float | None, until: float
 ) -> pd.DataFrame:
     if not tables:
-        return pd.DataFrame(columns=COLUMNS)
+        return pd.DataFrame(columns=META_COLUMNS)
     table = pa.concat_tables(tables, promote_options="default")
     inside_window = pc.less(table["ts"], until)
     if since is not None:
         inside_window = pc.and_(inside_window, pc.greater_equal(table["ts"], since))
     frame = table.filter(inside_window).to_pandas()
-    frame.insert(COLUMNS.index("model"), "model", model)
+    frame.insert(META_COLUMNS.index("model"), "model", model)
     return frame.sort_values(ORDER, kind="stable", ignore_index=True)
