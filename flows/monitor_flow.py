@@ -2,14 +2,22 @@
 
     python flows/monitor_flow.py run                               # the champion, new rows
     python flows/monitor_flow.py run --model-run TrainFlow/1234 --window-hours 24
+    python flows/monitor_flow.py run --log gs://bucket/predictions # every replica's rows
     python flows/monitor_flow.py argo-workflows create             # every hour on Argo
 
-`start` picks the model and the window, `detect` runs evidently on the window of the
-prediction log against the model's reference and makes the card, `end` makes a card of the
-model's runs so far (this one included), then tags the run `drift` and POSTs to
-ALERT_WEBHOOK_URL when it found drift. The logic lives in lib/: monitor (the model, the
-window, the rows, the reference and the history), drift (the tests), cards (the cards) and
-alerts (the tag and the webhook).
+The log (--log; default PREDICTION_SINK when set, else PREDICTION_LOG) is a replica's SQLite
+file, or the sink every replica's shipper fills (lib.sink): Parquet in a folder or under a
+gs:// prefix, of which a run lists and downloads only its window's hours.
+A window of a sink ends --settle-minutes before now, so that rows still being shipped are
+left to the next run (whose window starts there) rather than missed.
+
+`start` picks the model, the log and the window, `detect` runs evidently on the window's rows
+against the model's reference, makes the card and keeps what it read (`log_objects`: the
+SQLite file, or the keys of the Parquet objects), `end` makes a card of the model's runs so
+far (this one included), then tags the run `drift` and POSTs to ALERT_WEBHOOK_URL when it
+found drift. The logic lives in lib/: monitor (the model, the log, the window, the rows, the
+reference and the history), sink (the Parquet layout), drift (the tests), cards (the cards)
+and alerts (the tag and the webhook).
 """
 
 from metaflow import FlowSpec, Parameter, card, current, schedule, step
@@ -26,23 +34,35 @@ class MonitorFlow(FlowSpec):
     model = Parameter(
         "model-run", default="", help="a TrainFlow or TrainMultiNodeFlow run; default: the champion"
     )
-    log = Parameter("log", default="", help="prediction log; default: serving's PREDICTION_LOG")
+    log = Parameter(
+        "log",
+        default="",
+        help="a SQLite prediction log, a Parquet folder or a gs:// prefix of one; default: "
+        "PREDICTION_SINK if set, else PREDICTION_LOG",
+    )
     window_hours = Parameter(
         "window-hours",
         default=0.0,
         help="rows of the last N hours; default (0): every row since the last verdict",
     )
+    settle_minutes = Parameter(
+        "settle-minutes",
+        default=5.0,
+        help="a window of a sink (not of a SQLite log) ends this long before now: rows arrive "
+        "up to a shipping interval late",
+    )
     min_rows = Parameter("min-rows", default=100, help="fewer rows than this: no verdict")
 
     @step
     def start(self):
-        from lib.monitor import choose_window
+        from lib.monitor import choose_window, log_location
         from lib.registry import resolve_model_run
-        from lib.settings import FlowSettings
 
         self.model_run = resolve_model_run(self.model, "pass --model-run")
-        self.log_path = self.log or FlowSettings().PREDICTION_LOG
-        self.window = choose_window(self.model_run, self.window_hours)
+        self.log_path = log_location(self.log)
+        self.window = choose_window(
+            self.model_run, self.log_path, self.window_hours, self.settle_minutes
+        )
         self.next(self.detect)
 
     @card(type="blank")
@@ -52,7 +72,7 @@ class MonitorFlow(FlowSpec):
         from lib.drift import detect_drift
         from lib.monitor import load_reference, read_window
 
-        rows = read_window(self.log_path, self.model_run, self.window)
+        rows, self.log_objects = read_window(self.log_path, self.model_run, self.window)
         reference = load_reference(self.model_run)
         self.drift, self.report_html = detect_drift(reference, rows, self.window, self.min_rows)
         current.card.extend(drift_card(self.model_run, self.drift, self.report_html))

@@ -1,6 +1,7 @@
-"""MonitorFlow's queries: which window of the log a run tests, the rows and the reference it
-compares, and what earlier runs left: their reports and the history of their verdicts. The
-statistics are in lib.drift, the alert in lib.alerts and the cards in lib.cards."""
+"""MonitorFlow's queries: which log and which window of it a run tests, the rows and the
+reference it compares, and what earlier runs left: their reports and the history of their
+verdicts. The log is a replica's SQLite file or the sink every replica ships to (lib.sink);
+the statistics are in lib.drift, the alert in lib.alerts and the cards in lib.cards."""
 
 from __future__ import annotations
 
@@ -8,16 +9,16 @@ import functools
 import itertools
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from metaflow import Run, namespace
 
+from lib import sink
 from lib.drift import Reference, Window
 from lib.features import IMAGE_FEATURES, embedding_columns, probability_columns
-from lib.predlog import PredictionLog
 from lib.registry import newest_runs
+from lib.settings import FlowSettings
 
 MONITOR_FLOW = "MonitorFlow"
 # The history: a model's newest runs (a week of hourly runs), and the most drifted columns
@@ -95,11 +96,24 @@ def summarise_run(pathspec: str, model_run: str, drift: dict[str, Any]) -> dict[
     }
 
 
-def choose_window(model_run: str, window_hours: float = 0.0) -> Window:
+def log_location(log: str = "") -> str:
+    """Where MonitorFlow reads the rows: `log`, else the sink every replica ships to
+    (PREDICTION_SINK) when there is one, else this machine's SQLite log (PREDICTION_LOG)."""
+    settings = FlowSettings()
+    return log or settings.PREDICTION_SINK or settings.PREDICTION_LOG
+
+
+def choose_window(
+    model_run: str, log: str, window_hours: float = 0.0, settle_minutes: float = 0.0
+) -> Window:
     """The last `window_hours`, or else every row since the window of the newest run that
     tested this model's traffic (all rows if none did). A run that found too little data
-    tested nothing, so its rows wait for the next run rather than go unexamined."""
-    end = time.time()
+    tested nothing, so its rows wait for the next run rather than go unexamined.
+
+    A window of a sink ends `settle_minutes` before now: rows reach it up to a shipping
+    interval (and an upload) after they were answered, and the next window starts where this
+    one ends, so only a row later than that is never tested. A SQLite log's ends now."""
+    end = time.time() - (settle_minutes * 60 if sink.is_sink(log) else 0.0)
     if window_hours > 0:
         return end - window_hours * 3600, end
     for run in successful_runs(model_run):
@@ -109,12 +123,11 @@ def choose_window(model_run: str, window_hours: float = 0.0) -> Window:
     return None, end
 
 
-def read_window(log_path: str, model_run: str, window: Window) -> pd.DataFrame:
-    """The model's rows logged in the window; none if the log does not exist (opening it
-    would create it)."""
-    if not Path(log_path).exists():
-        return pd.DataFrame()
-    return PredictionLog(log_path).read(model=model_run, since=window[0], until=window[1])
+def read_window(log: str, model_run: str, window: Window) -> tuple[pd.DataFrame, list[str]]:
+    """(rows, sources): the model's rows logged in the window, from a SQLite log, a Parquet
+    folder or a gs:// prefix (lib.sink.read_window: a sink's hours outside the window are
+    never listed or opened), and what was read: the log's path or the objects' keys."""
+    return sink.read_window(log, model_run, *window)
 
 
 def load_reference(model_run: str) -> Reference:

@@ -3,12 +3,18 @@ then the flow runs as a user runs it, against a model that learned the drawn att
 
 import io
 import json
+import re
 import shutil
 import threading
+import time
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
+import numpy as np
+import pandas as pd
 import pytest
 from helpers import run_monitor
+from metaflow import Run
 from metaflow.cards import get_cards
 from test_flow import card_text
 
@@ -16,12 +22,14 @@ from lib import synthetic
 from lib.alerts import DRIFT_TAG
 from lib.drift import INSUFFICIENT, drifted_columns
 from lib.monitor import TOP_COLUMNS, history
+from lib.sink import Sink, write_segment
 from serving import create_app
 from serving.api import REPORT_HEADERS
 
 pytestmark = pytest.mark.flow
 
 WINDOW = 200
+HOUR = 3600
 # (generator overrides, the column that must drift); faces drawn from new seeds.
 SCENARIOS = {
     "in-distribution": ({}, None),
@@ -184,3 +192,44 @@ def assert_dashboard_serves(client, model_run: str, newest_first: list) -> None:
             assert report.headers["X-Monitor-Run"] == run.pathspec
             assert all(report.headers[k] == v for k, v in REPORT_HEADERS.items())
             assert f"/monitoring/runs/{run.id}/report" in page
+
+
+@pytest.mark.emulator
+def test_a_run_over_a_gs_sink_opens_only_the_objects_of_its_window(model_run, gcs):
+    """30 days of hourly partitions, a replica's backlog in one segment and a second replica
+    in some hours: a 3-hour window lists and reads only the hours it overlaps."""
+    now, sink = time.time(), Sink("gs://facet/predictions")
+    hours = np.arange(now // HOUR - 30 * 24 + 1, now // HOUR + 1) * HOUR
+    ts = np.concatenate(
+        [start + np.array([0.1, 0.5, 0.9]) * min(HOUR, now - start) for start in hours]
+    )
+    values = Run(model_run).data.reference_features
+    keys = write_segment(sink, sink_rows(ts, values, model_run, "pod-a"), "a" * 32, 1, len(ts))
+    assert len(keys) == 30 * 24
+    second = ts[(ts // HOUR % 5 == 0) | (ts > now - 2 * HOUR)]  # some hours, the newest too
+    keys += write_segment(sink, sink_rows(second, values, model_run, "pod-b"), "b" * 32, 1, 9)
+
+    run = run_monitor(
+        model_run=model_run, log="gs://facet/predictions", window_hours=3.0, settle_minutes=0.0
+    )
+    since, until = run.data.window
+    overlapping = [key for key in keys if since - HOUR < hour_of(key) < until]
+    assert len(overlapping) >= 5  # 3 hours and a part, the newest with pod-b's rows too
+    assert run.data.log_objects == sorted(overlapping)
+    timestamps = np.concatenate([ts, second])
+    assert run.data.drift["n_current"] == ((since <= timestamps) & (timestamps < until)).sum()
+
+
+def sink_rows(ts, values, model_run: str, replica: str) -> pd.DataFrame:
+    """A shipped segment's frame: one row per ts, drift values from the model's reference."""
+    drawn = values.sample(len(ts), replace=True, random_state=0).reset_index(drop=True)
+    meta = pd.DataFrame(
+        {"ts": ts, "replica": replica, "model": model_run, "image_index": 0}
+    ).assign(request_id=[f"{replica}-{i}" for i in range(len(ts))])
+    return pd.concat([meta, drawn], axis=1)
+
+
+def hour_of(key: str) -> float:
+    """The first second of the hour partition a key is in, read from its name."""
+    hour = re.search(r"/hour=([^/]+)/", key).group(1)
+    return datetime.strptime(hour, "%Y-%m-%dT%H").replace(tzinfo=UTC).timestamp()
