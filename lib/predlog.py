@@ -15,8 +15,16 @@ segment next time. Row ids come from AUTOINCREMENT: never reused, even after the
 deleted, so every row above the high-water mark `shipped_through` is one not yet shipped.
 Shipped rows are deleted, so every row in the file is unshipped.
 
-Retention (prune) runs in the shipper, never on the request path: rows older than a maximum age
-and the oldest beyond a maximum count are deleted, shipped or not, using the ts index and the id.
+Feedback (POST /feedback: true labels for some attributes of one answered image) is kept beside
+the rows: a `feedback` table, shipped the same way with its own segments and high-water mark
+(the `table` argument of read, pending_segment, read_segment and mark_shipped), and a `requests`
+table, one row per answered request (replica, model, image count), written in the same
+transaction as its rows, against which feedback is checked: it outlives the rows' shipping, so
+feedback for a request whose rows have left the file is still taken.
+
+Retention (prune) runs in the shipper, never on the request path: rows, feedback and requests
+older than a maximum age and the oldest beyond a maximum count are deleted, shipped or not, using
+the ts index and the id.
 """
 
 from __future__ import annotations
@@ -29,11 +37,26 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
 META_COLUMNS = ["ts", "replica", "request_id", "model", "image_index"]
+
+
+class Table(NamedTuple):
+    """A shipped table: META_COLUMNS and a JSON object of values, read as one float64 column
+    per value named `prefix` + its key; its shipping state in log_state under `state` + key."""
+
+    values: str
+    prefix: str
+    state: str
+
+
+TABLES = {
+    "predictions": Table("drift_values", "", ""),
+    "feedback": Table("labels", "label_", "feedback_"),  # {"Eyeglasses": 1}: label_Eyeglasses
+}
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS predictions (
@@ -45,11 +68,29 @@ SCHEMA = [
         image_index INTEGER NOT NULL,
         drift_values TEXT NOT NULL
     )""",
+    """CREATE TABLE IF NOT EXISTS feedback (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts REAL NOT NULL,
+        replica TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        image_index INTEGER NOT NULL,
+        labels TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS requests (
+        request_id TEXT PRIMARY KEY,
+        replica TEXT NOT NULL,
+        model TEXT NOT NULL,
+        images INTEGER NOT NULL,
+        ts REAL NOT NULL
+    )""",
     "CREATE TABLE IF NOT EXISTS log_state (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
 ]
 INDEXES = [
     "CREATE INDEX IF NOT EXISTS predictions_model_ts ON predictions (model, ts)",
     "CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts)",
+    "CREATE INDEX IF NOT EXISTS feedback_ts ON feedback (ts)",
+    "CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts)",
 ]
 
 
@@ -60,6 +101,10 @@ class LogUnavailable(Exception):
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason, self.message = reason, message
+
+
+class UnknownPrediction(LookupError):
+    """Feedback names a request this log has no record of, or an image beyond its images."""
 
 
 class PredictionLog:
@@ -79,9 +124,10 @@ class PredictionLog:
                 db.execute("ALTER TABLE predictions ADD COLUMN replica TEXT NOT NULL DEFAULT ''")
             for statement in INDEXES:
                 db.execute(statement)
-            db.execute(
-                "INSERT OR IGNORE INTO log_state VALUES ('log_id', ?), ('shipped_through', 0)",
-                (uuid.uuid4().hex,),
+            db.execute("INSERT OR IGNORE INTO log_state VALUES ('log_id', ?)", (uuid.uuid4().hex,))
+            db.executemany(
+                "INSERT OR IGNORE INTO log_state VALUES (?, 0)",
+                [(f"{table.state}shipped_through",) for table in TABLES.values()],
             )
             self._log_id = _state(db, "log_id")
 
@@ -125,8 +171,9 @@ class PredictionLog:
                 yield db
 
     def append(self, request_id: str, model: str, rows: list[dict[str, float]]) -> None:
-        """Write one row per image of a request, in one transaction, before it is answered.
-        LogUnavailable if it cannot be written."""
+        """Write one row per image of a request, and its record in `requests` (a request id
+        sent again replaces it), in one transaction, before it is answered. LogUnavailable if
+        it cannot be written."""
         now = time.time()
         with self._transaction() as db:
             db.executemany(
@@ -138,65 +185,122 @@ class PredictionLog:
                     for i, row in enumerate(rows)
                 ],
             )
+            db.execute(
+                "INSERT OR REPLACE INTO requests (request_id, replica, model, images, ts) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (request_id, self.replica, model, len(rows), now),
+            )
+
+    def add_feedback(
+        self, request_id: str, image_index: int, labels: dict[str, int]
+    ) -> dict[str, Any]:
+        """Store true labels (attribute: 0 or 1) for one image of a request this log answered,
+        under the request's replica and model; returns what was stored. UnknownPrediction if
+        the log has no record of the request (answered elsewhere, or older than its
+        retention) or the request had no such image; LogUnavailable if it cannot be written."""
+        with self._transaction() as db:
+            found = db.execute(
+                "SELECT replica, model, images FROM requests WHERE request_id = ?", (request_id,)
+            ).fetchone()
+            if found is None:
+                raise UnknownPrediction(
+                    f"no request {request_id!r} in the log of replica {self.replica!r}: "
+                    "feedback goes to the replica that answered (the answer's `replica`), "
+                    "while the log still holds the request (its retention)"
+                )
+            replica, model, images = found
+            if not 0 <= image_index < images:
+                raise UnknownPrediction(
+                    f"request {request_id!r} had {images} image(s): "
+                    f"there is no image_index {image_index}"
+                )
+            db.execute(
+                "INSERT INTO feedback (ts, replica, request_id, model, image_index, labels) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (time.time(), replica, request_id, model, image_index, json.dumps(labels)),
+            )
+        return {
+            "model": model,
+            "replica": replica,
+            "request_id": request_id,
+            "image_index": image_index,
+            "labels": labels,
+        }
 
     def read(
-        self, model: str | None = None, since: float | None = None, until: float | None = None
+        self,
+        model: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        table: str = "predictions",
     ) -> pd.DataFrame:
-        """Rows with since <= ts < until, oldest first: ts, replica, request_id, model,
-        image_index and one column per drift value."""
+        """Rows of `table` (predictions or feedback) with since <= ts < until, oldest first:
+        ts, replica, request_id, model, image_index and one float64 column per value (a
+        prediction's drift values; feedback's label_<attribute>, NaN where not labelled)."""
         clauses, args = [], []
         for clause, value in (("model = ?", model), ("ts >= ?", since), ("ts < ?", until)):
             if value is not None:
                 clauses.append(clause)
                 args.append(value)
-        return self._frame(" AND ".join(clauses) or "1", args)
+        return self._frame(table, " AND ".join(clauses) or "1", args)
 
-    def read_segment(self, first: int, last: int) -> pd.DataFrame:
-        """The rows with ids first..last, as read() gives them."""
-        return self._frame("id BETWEEN ? AND ?", [first, last])
+    def read_segment(self, first: int, last: int, table: str = "predictions") -> pd.DataFrame:
+        """The rows of `table` with ids first..last, as read() gives them."""
+        return self._frame(table, "id BETWEEN ? AND ?", [first, last])
 
-    def _frame(self, where: str, args: list) -> pd.DataFrame:
+    def _frame(self, table: str, where: str, args: list) -> pd.DataFrame:
+        spec = TABLES[table]
         with self._unavailable():
             rows = self._connection().execute(
-                f"SELECT {', '.join(META_COLUMNS)}, drift_values FROM predictions "
+                f"SELECT {', '.join(META_COLUMNS)}, {spec.values} FROM {table} "
                 f"WHERE {where} ORDER BY id",
                 args,
             )
             meta, values = [], []
-            for *fields, drift_values in rows:
+            for *fields, encoded in rows:
                 meta.append(fields)
-                values.append(json.loads(drift_values))
+                values.append(json.loads(encoded))
         frame = pd.DataFrame(meta, columns=META_COLUMNS)
-        return pd.concat([frame, pd.DataFrame.from_records(values)], axis=1)
+        values = pd.DataFrame.from_records(values).astype("float64").add_prefix(spec.prefix)
+        return pd.concat([frame, values], axis=1)
 
-    def pending_segment(self, limit: int) -> tuple[int, int] | None:
-        """The segment being shipped, (first id, last id): the one recorded earlier if its
-        shipment did not finish (unchanged, so a retry writes the same objects), else a new one
-        of the oldest unshipped rows, at most `limit`, recorded now. None if every row is
-        shipped."""
+    def pending_segment(self, limit: int, table: str = "predictions") -> tuple[int, int] | None:
+        """The segment of `table` being shipped, (first id, last id): the one recorded earlier
+        if its shipment did not finish (unchanged, so a retry writes the same objects), else a
+        new one of the oldest unshipped rows, at most `limit`, recorded now. None if every row
+        is shipped."""
+        state = TABLES[table].state
         with self._transaction() as db:
-            first, last = _state(db, "pending_first"), _state(db, "pending_last")
+            first, last = _state(db, f"{state}pending_first"), _state(db, f"{state}pending_last")
             if first is not None:
                 return first, last
             first, last = db.execute(
-                "SELECT min(id), max(id) FROM "
-                "(SELECT id FROM predictions WHERE id > ? ORDER BY id LIMIT ?)",
-                (_state(db, "shipped_through"), limit),
+                f"SELECT min(id), max(id) FROM "
+                f"(SELECT id FROM {table} WHERE id > ? ORDER BY id LIMIT ?)",
+                (_state(db, f"{state}shipped_through"), limit),
             ).fetchone()
             if first is None:
                 return None
-            _set_state(db, pending_first=first, pending_last=last)
+            _set_state(db, **{f"{state}pending_first": first, f"{state}pending_last": last})
             return first, last
 
-    def mark_shipped(self, first: int, last: int) -> None:
+    def mark_shipped(self, first: int, last: int, table: str = "predictions") -> None:
         """The pending segment's objects are confirmed: delete its rows, move the high-water
         mark to `last` and clear the pending segment, in one transaction."""
+        state = TABLES[table].state
         with self._transaction() as db:
-            pending = _state(db, "pending_first"), _state(db, "pending_last")
+            pending = _state(db, f"{state}pending_first"), _state(db, f"{state}pending_last")
             if pending != (first, last):
-                raise ValueError(f"rows {first}-{last} are not the pending segment {pending}")
-            db.execute("DELETE FROM predictions WHERE id BETWEEN ? AND ?", (first, last))
-            _set_state(db, shipped_through=last, pending_first=None, pending_last=None)
+                raise ValueError(f"{table} {first}-{last} are not the pending segment {pending}")
+            db.execute(f"DELETE FROM {table} WHERE id BETWEEN ? AND ?", (first, last))
+            _set_state(
+                db,
+                **{
+                    f"{state}shipped_through": last,
+                    f"{state}pending_first": None,
+                    f"{state}pending_last": None,
+                },
+            )
 
     def oldest_unshipped_ts(self) -> float | None:
         """The timestamp of the oldest row not shipped yet (None when there is none)."""
@@ -211,26 +315,45 @@ class PredictionLog:
     def prune(
         self, max_age_hours: float | None, max_rows: int | None, now: float | None = None
     ) -> int:
-        """Apply retention: delete rows older than max_age_hours, then the oldest beyond
-        max_rows (None: no limit), shipped or not, except a pending segment's (kept as it was
-        recorded, at most a shipment's worth). Returns how many rows were deleted."""
-        deleted = 0
+        """Apply retention to each table: delete what is older than max_age_hours, then the
+        oldest beyond max_rows (None: no limit), shipped or not, except a pending segment's
+        (kept as it was recorded, at most a shipment's worth). Returns how many rows and
+        feedback rows were deleted (records of requests are not counted)."""
+        cutoff = None if max_age_hours is None else (now or time.time()) - max_age_hours * 3600
         with self._transaction() as db:
-            pending = _state(db, "pending_first") or 0, _state(db, "pending_last") or 0
-            if max_age_hours is not None:
-                cutoff = (now or time.time()) - max_age_hours * 3600
-                deleted += db.execute(
-                    "DELETE FROM predictions WHERE ts < ? AND id NOT BETWEEN ? AND ?",
-                    (cutoff, *pending),
-                ).rowcount
-            if max_rows is not None:
-                deleted += db.execute(
-                    "DELETE FROM predictions WHERE id <= "
-                    "(SELECT id FROM predictions ORDER BY id DESC LIMIT 1 OFFSET ?) "
-                    "AND id NOT BETWEEN ? AND ?",
-                    (max_rows, *pending),
-                ).rowcount
+            deleted = 0
+            for table, spec in TABLES.items():
+                pending = (
+                    _state(db, f"{spec.state}pending_first") or 0,
+                    _state(db, f"{spec.state}pending_last") or 0,
+                )
+                deleted += _prune(db, table, cutoff, max_rows, pending)
+            _prune(db, "requests", cutoff, max_rows)
         return deleted
+
+
+def _prune(
+    db: sqlite3.Connection,
+    table: str,
+    cutoff: float | None,
+    max_rows: int | None,
+    spared: tuple[int, int] = (0, 0),
+) -> int:
+    """Delete the table's rows with ts < cutoff, then all but the newest max_rows (by rowid),
+    except the rowids spared (first, last); returns how many."""
+    deleted = 0
+    if cutoff is not None:
+        deleted += db.execute(
+            f"DELETE FROM {table} WHERE ts < ? AND rowid NOT BETWEEN ? AND ?", (cutoff, *spared)
+        ).rowcount
+    if max_rows is not None:
+        deleted += db.execute(
+            f"DELETE FROM {table} WHERE rowid <= "
+            f"(SELECT rowid FROM {table} ORDER BY rowid DESC LIMIT 1 OFFSET ?) "
+            "AND rowid NOT BETWEEN ? AND ?",
+            (max_rows, *spared),
+        ).rowcount
+    return deleted
 
 
 def _state(db: sqlite3.Connection, key: str) -> Any:

@@ -1,5 +1,5 @@
 """The prediction log: rows in, rows out, replicas, the shipping segments, retention, a locked
-or full database, an older file, and several writers at once."""
+or full database, an older file, several writers at once, and feedback beside the rows."""
 
 import multiprocessing
 import sqlite3
@@ -9,7 +9,7 @@ from contextlib import closing
 import pytest
 from helpers import locked
 
-from lib.predlog import LogUnavailable, PredictionLog
+from lib.predlog import LogUnavailable, PredictionLog, UnknownPrediction
 
 
 def rows(n: int, value: float = 0.5) -> list[dict[str, float]]:
@@ -176,6 +176,9 @@ def test_a_log_written_before_replicas_is_migrated(tmp_path):
         db.executescript(OLD_SCHEMA)
     log = PredictionLog(path, replica="pod-a")
     log.append("new", "m", rows(1))
+    log.add_feedback("new", 0, {"Smiling": 1})  # the feedback tables are added
+    with pytest.raises(UnknownPrediction):
+        log.add_feedback("old", 0, {"Smiling": 1})  # answered before requests were recorded
     frame = log.read()
     assert list(frame["replica"]) == ["", "pod-a"]
     assert list(frame["brightness"]) == [0.1, 0.5]
@@ -203,3 +206,97 @@ def test_several_processes_append_at_once_without_losing_rows(tmp_path):
     frame = PredictionLog(path).read()
     assert len(frame) == 4 * 50 * 2
     assert frame.groupby("replica").size().to_dict() == {f"w{w}": 100 for w in range(4)}
+
+
+def test_feedback_is_stored_under_the_requests_replica_and_model(tmp_path):
+    PredictionLog(tmp_path / "log.db", replica="pod-a").append("r1", "TrainFlow/1", rows(2))
+    log = PredictionLog(tmp_path / "log.db", replica="pod-b")  # another writer of the file
+    log.append("r2", "TrainFlow/2", rows(1))
+    stored = log.add_feedback("r1", 1, {"Smiling": 1, "Eyeglasses": 0})
+    assert stored == {
+        "model": "TrainFlow/1",
+        "replica": "pod-a",
+        "request_id": "r1",
+        "image_index": 1,
+        "labels": {"Smiling": 1, "Eyeglasses": 0},
+    }
+    log.add_feedback("r1", 1, {"Smiling": 0})
+    log.add_feedback("r2", 0, {"Bald": 1})
+    feedback = log.read(table="feedback")
+    assert list(feedback.columns) == [
+        "ts",
+        "replica",
+        "request_id",
+        "model",
+        "image_index",
+        "label_Smiling",
+        "label_Eyeglasses",
+        "label_Bald",
+    ]
+    assert feedback["label_Smiling"].tolist()[:2] == [1.0, 0.0]
+    assert feedback["label_Eyeglasses"].isna().tolist() == [False, True, True]
+    assert feedback.dtypes["label_Bald"] == "float64"
+    assert list(log.read(model="TrainFlow/2", table="feedback")["request_id"]) == ["r2"]
+    assert len(log.read()) == 3  # the predictions are untouched
+
+
+def test_feedback_for_an_unknown_request_or_image_is_refused(tmp_path):
+    log = PredictionLog(tmp_path / "log.db", replica="pod-a")
+    log.append("r1", "m", rows(2))
+    with pytest.raises(
+        UnknownPrediction, match="no request 'elsewhere' in the log of replica 'pod-a'"
+    ):
+        log.add_feedback("elsewhere", 0, {"Smiling": 1})
+    for index in (2, -1):
+        with pytest.raises(UnknownPrediction, match="had 2 image"):
+            log.add_feedback("r1", index, {"Smiling": 1})
+    log.append("r1", "m", rows(3))  # the id sent again: the newest request counts
+    log.add_feedback("r1", 2, {"Smiling": 1})
+    assert log.read(table="feedback")["image_index"].tolist() == [2]
+
+
+def test_feedback_is_taken_after_the_requests_rows_were_shipped(tmp_path):
+    log = PredictionLog(tmp_path / "log.db")
+    log.append("r1", "m", rows(2))
+    log.mark_shipped(*log.pending_segment(limit=10))
+    assert log.unshipped_rows() == 0
+    log.add_feedback("r1", 1, {"Smiling": 1})
+    assert log.read(table="feedback")["request_id"].tolist() == ["r1"]
+
+
+def test_feedback_ships_in_its_own_segments(tmp_path):
+    """The feedback table's segments and high-water mark are its own: shipping one table
+    leaves the other's rows and pending segment as they were."""
+    log = PredictionLog(tmp_path / "log.db")
+    log.append("r1", "m", rows(3))
+    for i in range(3):
+        log.add_feedback("r1", i, {"Smiling": i % 2})
+    assert log.pending_segment(limit=2, table="feedback") == (1, 2)
+    assert log.pending_segment(limit=10) == (1, 3)
+    assert log.read_segment(1, 2, table="feedback")["label_Smiling"].tolist() == [0.0, 1.0]
+    with pytest.raises(ValueError, match="not the pending segment"):
+        log.mark_shipped(1, 3, table="feedback")
+    log.mark_shipped(1, 2, table="feedback")
+    assert log.read(table="feedback")["image_index"].tolist() == [2]
+    assert log.pending_segment(limit=10) == (1, 3) and log.unshipped_rows() == 3
+    assert log.pending_segment(limit=10, table="feedback") == (3, 3)
+
+
+def test_retention_prunes_feedback_and_requests_like_the_rows(tmp_path):
+    log = PredictionLog(tmp_path / "log.db")
+    log.append("old", "m", rows(1))
+    log.add_feedback("old", 0, {"Smiling": 1})
+    later = log.read()["ts"].max() + 2 * 3600
+    assert log.prune(max_age_hours=1.0, max_rows=None, now=later) == 2  # a row, a label
+    with pytest.raises(UnknownPrediction):
+        log.add_feedback("old", 0, {"Smiling": 1})
+    assert log.read(table="feedback").empty
+
+    for name in "abc":
+        log.append(name, "m", rows(1))
+        log.add_feedback(name, 0, {"Smiling": 1})
+    assert log.prune(max_age_hours=None, max_rows=2) == 2
+    assert log.read(table="feedback")["request_id"].tolist() == ["b", "c"]
+    with pytest.raises(UnknownPrediction):
+        log.add_feedback("a", 0, {"Smiling": 1})
+    log.add_feedback("b", 0, {"Smiling": 0})
