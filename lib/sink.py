@@ -13,6 +13,16 @@ same keys with the same bytes: a retried upload replaces itself and never duplic
 A file's columns: ts (float64), replica, request_id, image_index (int64), then one float64
 column per drift value (lib.features). A window is read by listing only the hour partitions
 that overlap it and opening only their objects.
+
+Feedback (lib.predlog's feedback table: true labels sent to POST /feedback) is shipped the same
+way under `_feedback/`, the hour being when the feedback arrived, one float64 column
+label_<attribute> per attribute labelled (1.0, 0.0, or NaN where that feedback did not name it):
+
+    <sink>/_feedback/model=<model>/hour=<YYYY-MM-DDTHH>/<replica>-<log id>-<first>-<last>.parquet
+
+pyarrow's datasets (and most Hive readers) skip names starting with "_", so reading the sink's
+root reads the predictions only. read_feedback gives the newest label of each attribute for each
+answered image.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from functools import reduce
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -30,12 +41,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lib.predlog import META_COLUMNS, PredictionLog
+from lib.predlog import META_COLUMNS, TABLES, PredictionLog
 from lib.storage import GCSFolder, client, fsync, inside, retrying, split_gs_uri
 
 HOUR = "%Y-%m-%dT%H"  # fixed width: hour partitions sort as their names do
 SECONDS_PER_HOUR = 3600
 ORDER = ["ts", "replica", "request_id", "image_index"]  # a window's rows, sorted
+PREFIXES = {"predictions": "", "feedback": "_feedback/"}  # where each table of a log goes
+IMAGE = ["replica", "request_id", "image_index"]  # an answered image, wherever it was answered
 FILE_FIELDS = [
     pa.field("ts", pa.float64()),
     pa.field("replica", pa.string()),
@@ -118,23 +131,36 @@ def is_sink(location: str | Path) -> bool:
     return str(location).startswith("gs://") or Path(location).is_dir()
 
 
-def partition(model: str, hour: int) -> str:
-    """The key prefix of a model's rows in an hour (whole hours since the epoch, UTC)."""
+def model_prefix(model: str, table: str = "predictions") -> str:
+    """The key prefix of a model's rows of `table` (predictions or feedback)."""
+    return f"{PREFIXES[table]}model={quote(model, safe='')}/"
+
+
+def partition(model: str, hour: int, table: str = "predictions") -> str:
+    """The key prefix of a model's rows of `table` in an hour (whole hours since the epoch,
+    UTC)."""
     name = datetime.fromtimestamp(hour * SECONDS_PER_HOUR, UTC).strftime(HOUR)
-    return f"model={quote(model, safe='')}/hour={name}/"
+    return f"{model_prefix(model, table)}hour={name}/"
 
 
 def write_segment(
-    sink: Sink, frame: pd.DataFrame, log_id: str, first_id: int, last_id: int
+    sink: Sink,
+    frame: pd.DataFrame,
+    log_id: str,
+    first_id: int,
+    last_id: int,
+    table: str = "predictions",
 ) -> list[str]:
-    """Put the rows first_id..last_id of the log `log_id` (PredictionLog.read_segment's
-    frame) as one Parquet object per (model, hour); returns the keys. A failed put raises:
-    the caller ships the whole segment again later, to the same keys with the same bytes."""
+    """Put the rows first_id..last_id of `table` of the log `log_id`
+    (PredictionLog.read_segment's frame) as one Parquet object per (model, hour); returns the
+    keys. A failed put raises: the caller ships the whole segment again later, to the same
+    keys with the same bytes."""
     keys = []
     hours = frame["ts"] // SECONDS_PER_HOUR  # exact: the reader prunes with the same arithmetic
     for (model, hour), rows in frame.groupby([frame["model"], hours], sort=True):
         replica = quote(rows["replica"].iloc[0], safe="")
-        key = f"{partition(model, int(hour))}{replica}-{log_id}-{first_id:012d}-{last_id:012d}"
+        prefix = partition(model, int(hour), table)
+        key = f"{prefix}{replica}-{log_id}-{first_id:012d}-{last_id:012d}"
         keys.append(f"{key}.parquet")
         sink.put(keys[-1], _parquet(rows))
     return keys
@@ -154,48 +180,81 @@ def _parquet(rows: pd.DataFrame) -> bytes:
 
 
 def read_window(
-    location: str | Path, model: str, since: float | None, until: float
+    location: str | Path,
+    model: str,
+    since: float | None,
+    until: float | None,
+    table: str = "predictions",
 ) -> tuple[pd.DataFrame, list[str]]:
-    """(rows, sources): the model's rows with since <= ts < until (since None: from the
-    first), in PredictionLog.read's columns, from a SQLite log (sources: its path), a sink
-    (sources: the keys of the objects opened, only those of the hours overlapping the window;
-    rows sorted by ts, replica, request_id, image_index), or a path that does not exist (no
-    rows, no sources: opening it would create a log)."""
+    """(rows, sources): the model's rows of `table` (predictions or feedback) with
+    since <= ts < until (None: no bound), in PredictionLog.read's columns, from a SQLite log
+    (sources: its path), a sink (sources: the keys of the objects opened, only those of the
+    hours overlapping the window; rows sorted by ts, replica, request_id, image_index), or a
+    path that does not exist (no rows, no sources: opening it would create a log)."""
     location = str(location)
     if not is_sink(location):
         if not Path(location).exists():
             return pd.DataFrame(columns=META_COLUMNS), []
-        return PredictionLog(location).read(model=model, since=since, until=until), [location]
+        log = PredictionLog(location)
+        return log.read(model=model, since=since, until=until, table=table), [location]
     sink = Sink(location)
-    keys = _window_keys(sink, model, since, until)
+    keys = _window_keys(sink, model, since, until, table)
     with ThreadPoolExecutor(WORKERS) as pool:
         tables = list(pool.map(lambda key: pq.read_table(pa.BufferReader(sink.get(key))), keys))
     return _window_rows(tables, model, since, until), keys
 
 
-def _window_keys(sink: Sink, model: str, since: float | None, until: float) -> list[str]:
-    """The model's keys in the hours h overlapping [since, until): h * 3600 < until and
-    (h + 1) * 3600 > since. One listing per hour, or of the model's prefix when since is None."""
-    last = int(-(-until // SECONDS_PER_HOUR)) - 1
-    if since is None:
-        newest = partition(model, last)
-        keys = sink.keys(f"model={quote(model, safe='')}/")
-        return [key for key in keys if key[: key.rindex("/") + 1] <= newest]
-    hours = range(int(since // SECONDS_PER_HOUR), last + 1)
-    with ThreadPoolExecutor(WORKERS) as pool:
-        listed = pool.map(sink.keys, [partition(model, hour) for hour in hours])
-        return sorted(chain.from_iterable(listed))
+def read_feedback(location: str | Path, model: str, since: float | None = None) -> pd.DataFrame:
+    """The model's feedback received since `since` (None: all there is), from a SQLite log, a
+    sink or nothing (read_window's locations): ts, replica, request_id, image_index, then
+    label_<attribute> for each attribute labelled at least once (1.0, 0.0, or NaN where the
+    image has no label for it). One row per answered image (replica, request_id, image_index):
+    for each attribute the newest label sent, ts the newest feedback's; sorted like a window."""
+    rows, _ = read_window(location, model, since, None, table="feedback")
+    labels = [name for name in rows.columns if name.startswith(TABLES["feedback"].prefix)]
+    newest = rows.sort_values("ts", kind="stable").groupby(IMAGE)[["ts", *labels]].last()
+    frame = newest.reset_index()[["ts", *IMAGE, *labels]]
+    frame = frame.astype({"ts": "float64", "image_index": "int64"})
+    return frame.sort_values(ORDER, ignore_index=True)
+
+
+def _window_keys(
+    sink: Sink, model: str, since: float | None, until: float | None, table: str
+) -> list[str]:
+    """The model's keys of `table` in the hours h overlapping [since, until):
+    h * 3600 < until and (h + 1) * 3600 > since. One listing per hour, or of the model's prefix
+    when the window has no start or no end."""
+    first = None if since is None else int(since // SECONDS_PER_HOUR)
+    last = None if until is None else int(-(-until // SECONDS_PER_HOUR)) - 1
+    if first is not None and last is not None:
+        with ThreadPoolExecutor(WORKERS) as pool:
+            prefixes = [partition(model, hour, table) for hour in range(first, last + 1)]
+            return sorted(chain.from_iterable(pool.map(sink.keys, prefixes)))
+    keys = sink.keys(model_prefix(model, table))
+    if first is not None:
+        keys = [key for key in keys if _folder(key) >= partition(model, first, table)]
+    if last is not None:
+        keys = [key for key in keys if _folder(key) <= partition(model, last, table)]
+    return keys
+
+
+def _folder(key: str) -> str:
+    return key[: key.rindex("/") + 1]
 
 
 def _window_rows(
-    tables: list[pa.Table], model: str, since: float | None, until: float
+    tables: list[pa.Table], model: str, since: float | None, until: float | None
 ) -> pd.DataFrame:
     if not tables:
         return pd.DataFrame(columns=META_COLUMNS)
     table = pa.concat_tables(tables, promote_options="default")
-    inside_window = pc.less(table["ts"], until)
-    if since is not None:
-        inside_window = pc.and_(inside_window, pc.greater_equal(table["ts"], since))
-    frame = table.filter(inside_window).to_pandas()
+    bounds = [
+        compare(table["ts"], bound)
+        for compare, bound in ((pc.greater_equal, since), (pc.less, until))
+        if bound is not None
+    ]
+    if bounds:
+        table = table.filter(reduce(pc.and_, bounds))
+    frame = table.to_pandas()
     frame.insert(META_COLUMNS.index("model"), "model", model)
     return frame.sort_values(ORDER, kind="stable", ignore_index=True)

@@ -1,5 +1,6 @@
 """The sink: segments written as Hive-partitioned Parquet in a folder and on gs:// (the GCS
-emulator), and windows read back from a sink, a SQLite log or nothing."""
+emulator), and windows read back from a sink, a SQLite log or nothing; feedback beside them,
+read back as the newest label of each attribute for each image."""
 
 import re
 import time
@@ -10,7 +11,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from lib.predlog import PredictionLog
-from lib.sink import Sink, read_window, write_segment
+from lib.sink import Sink, read_feedback, read_window, write_segment
 
 HOUR = 3600
 START = 1_750_000_000 // HOUR * HOUR  # an hour's first second
@@ -141,3 +142,106 @@ def test_a_window_of_a_sqlite_log_or_of_nothing(tmp_path, location):
     assert not nowhere.exists()
     rows, sources = read_window(location, MODEL, None, time.time())  # a sink with no rows yet
     assert rows.empty and sources == []
+
+
+def feedback(ts, request_id: str, labels: dict[str, float], replica: str = "pod-a", model=MODEL):
+    """A feedback frame as PredictionLog.read_segment(table="feedback") gives it: one row per
+    ts, for image 0 of `request_id`, label_<attribute> columns (NaN: not labelled)."""
+    n = len(ts)
+    return pd.DataFrame(
+        {
+            "ts": np.asarray(ts, dtype=float),
+            "replica": replica,
+            "request_id": request_id,
+            "model": model,
+            "image_index": np.zeros(n, dtype=np.int64),
+            **{f"label_{name}": np.full(n, value, dtype=float) for name, value in labels.items()},
+        }
+    )
+
+
+NEWEST_COLUMNS = ["ts", "replica", "request_id", "image_index", "label_Smiling", "label_Bald"]
+
+
+def test_feedback_is_read_back_as_the_newest_label_of_each_attribute(location, opened):
+    """Smiling labelled 1 then 0 an hour later, Bald only in between: the newest Smiling (0)
+    and the one Bald; another image's labels stay apart; feedback is not in the predictions
+    window, nor are predictions in the feedback."""
+    sink = Sink(location)
+    first = pd.concat(
+        [
+            feedback([START + 10.0], "r1", {"Smiling": 1.0, "Bald": np.nan}),
+            feedback([START + 20.0], "r1", {"Smiling": np.nan, "Bald": 1.0}),
+            feedback([START + 30.0], "r1", {"Smiling": 1.0, "Bald": np.nan}, replica="pod-b"),
+        ],
+        ignore_index=True,
+    )
+    keys = write_segment(sink, first, "ab12", 1, 3, table="feedback")
+    keys += write_segment(
+        sink, feedback([START + HOUR + 5.0], "r1", {"Smiling": 0.0}), "ab12", 4, 4, table="feedback"
+    )
+    assert all(key.startswith("_feedback/model=TrainFlow%2F12/hour=") for key in keys)
+    write_segment(sink, segment([START + 15.0]), "ab12", 1, 1)  # a prediction
+
+    labels = read_feedback(location, MODEL)
+    expected = pd.DataFrame(
+        {
+            "ts": [START + 30.0, START + HOUR + 5.0],
+            "replica": ["pod-b", "pod-a"],
+            "request_id": ["r1", "r1"],
+            "image_index": np.zeros(2, dtype=np.int64),
+            "label_Smiling": [1.0, 0.0],
+            "label_Bald": [np.nan, 1.0],
+        }
+    )
+    pd.testing.assert_frame_equal(labels, expected, check_exact=True)
+    assert sorted(opened) == sorted(keys)
+
+    opened.clear()
+    since = read_feedback(location, MODEL, since=START + HOUR)
+    assert since["label_Smiling"].tolist() == [0.0] and "label_Bald" not in since
+    assert opened == keys[-1:]  # the hours before `since` are not opened
+    rows, _ = read_window(location, MODEL, None, START + 2 * HOUR)
+    assert rows["request_id"].tolist() == ["pod-a-0-0"]
+    assert read_feedback(location, OTHER).empty
+
+
+def test_pyarrow_reading_the_sinks_root_skips_the_feedback(tmp_path):
+    write_segment(Sink(tmp_path), segment([START + 1.0]), "ab12", 1, 1)
+    write_segment(
+        Sink(tmp_path),
+        feedback([START + 2.0], "r1", {"Smiling": 1.0}),
+        "ab12",
+        1,
+        1,
+        table="feedback",
+    )
+    table = ds.dataset(tmp_path, format="parquet", partitioning="hive").to_table()
+    assert table["request_id"].to_pylist() == ["pod-a-0-0"]
+    assert "label_Smiling" not in table.column_names
+
+
+def test_feedback_of_a_sqlite_log_or_of_nothing(tmp_path):
+    log = PredictionLog(tmp_path / "log.db", replica="pod-a")
+    log.append("r1", MODEL, [{"brightness": 0.1}, {"brightness": 0.2}])
+    log.append("r2", OTHER, [{"brightness": 0.3}])
+    log.add_feedback("r1", 1, {"Smiling": 1, "Bald": 0})
+    log.add_feedback("r1", 1, {"Smiling": 0})
+    log.add_feedback("r1", 0, {"Bald": 1})
+    log.add_feedback("r2", 0, {"Smiling": 1})
+    labels = read_feedback(log.path, MODEL)
+    assert list(labels.columns) == NEWEST_COLUMNS
+    expected = pd.DataFrame(
+        {
+            "request_id": ["r1", "r1"],
+            "image_index": [1, 0],  # by the ts of their newest feedback
+            "label_Smiling": [0.0, np.nan],
+            "label_Bald": [0.0, 1.0],
+        }
+    )
+    pd.testing.assert_frame_equal(labels[expected.columns], expected)
+    assert read_feedback(log.path, MODEL, since=time.time() + 1).empty
+
+    nowhere = tmp_path / "nowhere.db"
+    empty = read_feedback(nowhere, MODEL)
+    assert empty.empty and list(empty.columns) == NEWEST_COLUMNS[:4] and not nowhere.exists()
