@@ -102,6 +102,9 @@ class TrainFlow(FlowSpec):
     @card(type="blank")
     @step
     def evaluate(self):
+        """Calibrate each attribute's probabilities and tune its threshold on validation,
+        score the test split on calibrated probabilities, and store `calibration`,
+        `thresholds`, `metrics`, `projection` and `reference_features`."""
         from lib import synthetic
         from lib.evaluate import evaluate_model
         from lib.faults import inject
@@ -114,6 +117,7 @@ class TrainFlow(FlowSpec):
         settings = self.run_config().evaluate
         result = evaluate_model(model, preprocessing, self.dataset, settings, drawn)
         self.thresholds, self.metrics = result.thresholds, result.metrics
+        self.calibration = result.calibration
         self.projection, self.reference_features = result.projection, result.reference_features
         current.card.extend(result.card)
         self.next(self.end)

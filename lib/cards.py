@@ -15,6 +15,7 @@ import numpy as np
 from metaflow.cards import Image, Markdown, ProgressBar, Table, VegaChart
 from PIL import Image as PILImage
 
+from lib.calibration import POOLED
 from lib.drift import INSUFFICIENT, describe_window, drifted_columns
 
 VERDICTS = {True: "drift detected", False: "no drift", None: INSUFFICIENT}
@@ -165,16 +166,98 @@ def evaluation_card(
     shown: tuple[Sequence, np.ndarray, np.ndarray, int],
     thresholds: np.ndarray,
     attributes: list[str],
+    reliability: dict[str, dict[str, list[dict[str, float]]]],
 ) -> list:
-    """The evaluate step's card: the headline and per-attribute numbers, then the first test
-    images. `shown` is (the test split's dataset, its labels, its probabilities, how many)."""
+    """The evaluate step's card: the headline and per-attribute numbers, calibration, then
+    the first test images. `shown` is (the test split's dataset, its labels, its calibrated
+    probabilities, how many); `reliability` is lib.calibration.reliability's points of the
+    test split "before" and "after" calibration."""
     split, labels, probs, count = shown
     count = min(count, len(split))
     images = np.stack([split[i][0].numpy() for i in range(count)]) if count else np.zeros((0,))
     return [
         *evaluation_summary(metrics, objective),
+        *calibration_summary(metrics["calibration"], reliability),
         *prediction_grid(images, labels[:count], probs[:count], thresholds, attributes),
     ]
+
+
+def calibration_summary(
+    calibration: dict[str, Any], reliability: dict[str, dict[str, list[dict[str, float]]]]
+) -> list:
+    """ECE and Brier score before and after calibration (metrics["calibration"]), the
+    reliability diagram of all attributes pooled and of each, and a per-attribute table."""
+    text = (
+        f"# Calibration ({calibration['method']})\n\n"
+        "Fitted on the validation split; measured on the test split. Mean ECE "
+        f"({calibration['bins']} equal-width bins) **{calibration['mean_ece_before']:.4f} → "
+        f"{calibration['mean_ece_after']:.4f}**, mean Brier score "
+        f"{calibration['mean_brier_before']:.4f} → {calibration['mean_brier_after']:.4f}. "
+        "The map is strictly increasing, so ROC AUC is unchanged. Thresholds are tuned on "
+        "calibrated probabilities, and serving answers calibrated probabilities."
+    )
+    columns = ["ece_before", "ece_after", "brier_before", "brier_after"]
+    rows = [[a, *(f"{m[c]:.4f}" for c in columns)] for a, m in calibration["per_attribute"].items()]
+    each = [name for name in reliability["before"] if name != POOLED]
+    return [
+        Markdown(text),
+        VegaChart(_reliability_chart(reliability, [POOLED])),
+        VegaChart(_reliability_chart(reliability, each)),
+        Table(rows, headers=["attribute", *columns]),
+    ]
+
+
+def _reliability_chart(
+    reliability: dict[str, dict[str, list[dict[str, float]]]], names: list[str]
+) -> dict[str, Any]:
+    """Observed positive rate against mean predicted probability per bin, before and after
+    calibration, beside the diagonal of perfect calibration: one panel, or a small one per
+    name when there are several."""
+    values = [
+        {"name": name, "calibration": when, **point}
+        for when, by_name in reliability.items()
+        for name in names
+        for point in by_name[name]
+    ]
+    single = len(names) == 1
+    unit = {"type": "quantitative", "scale": {"domain": [0, 1]}}
+    diagonal = {
+        "mark": {"type": "rule", "color": "#9e9e9e", "strokeDash": [4, 4]},
+        "encoding": {
+            "x": {"datum": 0, **unit},
+            "y": {"datum": 0, **unit},
+            "x2": {"datum": 1},
+            "y2": {"datum": 1},
+        },
+    }
+    curves = {
+        "mark": {"type": "line", "point": True},
+        "encoding": {
+            "x": {"field": "predicted", **unit},
+            "y": {"field": "observed", **unit},
+            "color": {"field": "calibration", "type": "nominal", "sort": list(reliability)},
+            "tooltip": [
+                {"field": "calibration"},
+                {"field": "predicted", "format": ".3f"},
+                {"field": "observed", "format": ".3f"},
+                {"field": "count"},
+            ],
+        },
+    }
+    curves["encoding"]["x"]["title"] = "mean predicted probability" if single else "predicted"
+    curves["encoding"]["y"]["title"] = "observed positive rate" if single else "observed"
+    data = {"values": values}
+    if single:
+        title = f"reliability diagram, {names[0]}, test split"
+        return _vega_lite(title, 300, 300, data=data, layer=[diagonal, curves])
+    # A facet ignores a top-level width and height; they keep VegaChart from setting width
+    # "container", which only a single view takes.
+    return {
+        **_vega_lite("reliability diagram per attribute, test split", 90, 90, data=data),
+        "facet": {"field": "name", "type": "nominal", "title": None, "sort": names},
+        "columns": 6,
+        "spec": {"width": 90, "height": 90, "layer": [diagonal, curves]},
+    }
 
 
 def prediction_grid(

@@ -11,6 +11,7 @@ from helpers import run_flow
 from metaflow.cards import get_cards
 from transformers import AutoModelForImageClassification
 
+from lib import calibration
 from lib.config import RunConfig
 from lib.datasets import CachedSplit
 from lib.evaluate import predict
@@ -76,7 +77,8 @@ def test_model_artifact_loads_on_cpu_and_reproduces_evaluation(smoke_run):
     model, preprocessing = load_model(data.model, "cpu")
     assert model.config.problem_type == "multi_label_classification"
     assert model.config.id2label[15] == "Eyeglasses"
-    probs = predict(model, CachedSplit(data.dataset["cache_dir"], "test"), preprocessing).probs
+    raw = predict(model, CachedSplit(data.dataset["cache_dir"], "test"), preprocessing).probs
+    probs = calibration.apply(data.calibration, raw)  # the thresholds are for calibrated ones
     thresholds = np.array(list(data.thresholds.values()))
     rate = (probs >= thresholds).mean(axis=0)
     per = data.metrics["per_attribute"]
