@@ -4,8 +4,10 @@
 
 OUT_DIR then loads with transformers.AutoModelForImageClassification.from_pretrained(OUT_DIR),
 and also holds thresholds.json (the run's tuned decision thresholds) and facet.json (run,
-dataset fingerprint, metrics, thresholds and embedding projection), so serving can load it
-with MODEL_DIR=OUT_DIR and no Metaflow datastore.
+dataset fingerprint, metrics, thresholds, calibration and embedding projection), so serving
+can load it with MODEL_DIR=OUT_DIR and no Metaflow datastore. The thresholds apply to
+calibrated probabilities: a plain transformers user applies lib.calibration.apply with
+facet.json's `calibration` to the model's sigmoid outputs first.
 """
 
 from __future__ import annotations

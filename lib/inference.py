@@ -1,5 +1,6 @@
 """A trained model ready to answer: loaded from a TrainFlow run or an exported folder, it
-turns preprocessed images into probabilities, present attributes and drift-log rows.
+turns preprocessed images into calibrated probabilities (the run's lib.calibration map, as
+evaluation applied it), present attributes and drift-log rows.
 
 Serving, the benchmarks and the monitoring tests all predict through Predictor, with the
 same preprocessing training used (lib.preprocess).
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lib import calibration
 from lib.features import Projection, drift_rows, image_features
 from lib.model import device_for_inference, load_model, probabilities_and_embeddings
 from lib.preprocess import (
@@ -32,7 +34,7 @@ PRECISIONS = ("fp32", "bf16", "int8")
 
 @dataclass
 class Prediction:
-    probs: np.ndarray  # (B, A)
+    probs: np.ndarray  # (B, A) calibrated
     projected: np.ndarray  # (B, k): the [CLS] embedding through the run's projection
     features: np.ndarray  # (B, F): lib.features.image_features
 
@@ -46,6 +48,7 @@ class Predictor:
     thresholds: np.ndarray  # (A,)
     projection: Projection
     info: dict[str, Any]  # what GET /model shows: run, dataset fingerprint, metrics, thresholds
+    # and calibration (None for a run from before calibration: the identity)
     precision: str = "fp32"
 
     @classmethod
@@ -91,7 +94,8 @@ class Predictor:
         if precision == "int8":
             model = quantize_int8(model)
         attributes = [model.config.id2label[i] for i in range(model.config.num_labels)]
-        thresholds = np.array([info["thresholds"][a] for a in attributes], dtype=np.float32)
+        # float64, as evaluation compares the calibrated (float64) probabilities with them.
+        thresholds = np.array([info["thresholds"][a] for a in attributes], dtype=np.float64)
         return cls(
             name=name,
             model=model,
@@ -114,7 +118,8 @@ class Predictor:
         return preprocess(image, self.preprocessing.image_size)
 
     def predict(self, pixels: np.ndarray) -> Prediction:
-        """(B, H, W, 3) uint8 at the model's size -> probabilities and drift values."""
+        """(B, H, W, 3) uint8 at the model's size -> calibrated probabilities and drift
+        values."""
         autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16)
             if self.precision == "bf16"
@@ -125,7 +130,7 @@ class Predictor:
                 self.model, torch.from_numpy(pixels), self.preprocessing
             )
         return Prediction(
-            probs=probs,
+            probs=calibration.apply(self.info.get("calibration"), probs),
             projected=self.projection.transform(embeddings),
             features=image_features(pixels),
         )
@@ -145,7 +150,8 @@ class Predictor:
 
 def run_record(pathspec: str) -> tuple[dict[str, bytes], dict[str, list], dict[str, Any]]:
     """What serving needs from a finished TrainFlow run: the model files, the embedding
-    projection, and the facts GET /model shows."""
+    projection, and the facts GET /model shows, the calibrator among them (None for a run
+    made before runs stored one)."""
     from metaflow import Run, namespace
 
     namespace(None)
@@ -158,6 +164,7 @@ def run_record(pathspec: str) -> tuple[dict[str, bytes], dict[str, list], dict[s
         "dataset_fingerprint": data.dataset["fingerprint"],
         "metrics": data.metrics,
         "thresholds": data.thresholds,
+        "calibration": data.calibration if "calibration" in data else None,
     }
     return data.model, data.projection, info
 
