@@ -7,10 +7,11 @@ When it starts, then every PREDICTION_SHIP_SECONDS, it ships every unshipped row
 a time: the segment is recorded in the log, written as Parquet objects (lib.sink.write_segment),
 and its rows deleted from the log only once every object is confirmed. A failed shipment leaves
 the segment recorded, so the next try writes the same objects again (same keys, same bytes): no
-row is lost or duplicated. Then it prunes the log (PREDICTION_LOG_MAX_AGE_HOURS,
-PREDICTION_LOG_MAX_ROWS), off the request path. SIGTERM or SIGINT: one last shipment, then it
-exits; it also exits when its parent (the gunicorn master) dies. Failures are logged and
-counted, never fatal.
+row is lost or duplicated. The log's feedback (POST /feedback) is shipped the same way, in its
+own segments, under the sink's `_feedback/`. Then it prunes the log
+(PREDICTION_LOG_MAX_AGE_HOURS, PREDICTION_LOG_MAX_ROWS), off the request path. SIGTERM or
+SIGINT: one last shipment, then it exits; it also exits when its parent (the gunicorn master)
+dies. Failures are logged and counted, never fatal.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 
 from prometheus_client import Counter
 
-from lib.predlog import LogUnavailable, PredictionLog
+from lib.predlog import TABLES, LogUnavailable, PredictionLog
 from lib.settings import ServingSettings
 from lib.sink import Sink, write_segment
 
@@ -32,6 +33,10 @@ logger = logging.getLogger(__name__)
 ROWS_SHIPPED = Counter(
     "facet_log_rows_shipped_total", "Logged rows written to PREDICTION_SINK and confirmed"
 )
+FEEDBACK_SHIPPED = Counter(
+    "facet_log_feedback_shipped_total", "Feedback rows written to PREDICTION_SINK and confirmed"
+)
+SHIPPED = {"predictions": (ROWS_SHIPPED, "rows"), "feedback": (FEEDBACK_SHIPPED, "feedback rows")}
 SHIP_FAILURES = Counter(
     "facet_log_ship_failures_total", "Shipments that failed (the segment is retried)"
 )
@@ -43,19 +48,27 @@ PARENT_CHECK_S = 1.0  # how often the shipper looks whether its parent is still 
 
 
 def ship(log: PredictionLog, sink: Sink, limit: int = 50_000) -> int:
-    """Ship every unshipped row of the log to the sink, at most `limit` rows a segment; returns
-    how many. Raises on a failed write, leaving that segment pending for the next call."""
+    """Ship every unshipped row of the log to the sink, then its feedback, at most `limit`
+    rows a segment; returns how many rows and feedback rows. Raises on a failed write, leaving
+    that segment pending for the next call."""
+    return sum(ship_table(log, sink, table, limit) for table in TABLES)
+
+
+def ship_table(log: PredictionLog, sink: Sink, table: str, limit: int) -> int:
+    """Ship the unshipped rows of one of the log's tables (predictions or feedback)."""
+    counter, noun = SHIPPED[table]
     shipped = 0
-    while (segment := log.pending_segment(limit)) is not None:
+    while (segment := log.pending_segment(limit, table)) is not None:
         started = time.perf_counter()
-        frame = log.read_segment(*segment)
-        keys = write_segment(sink, frame, log.log_id, *segment)
-        log.mark_shipped(*segment)
-        ROWS_SHIPPED.inc(len(frame))
+        frame = log.read_segment(*segment, table)
+        keys = write_segment(sink, frame, log.log_id, *segment, table)
+        log.mark_shipped(*segment, table)
+        counter.inc(len(frame))
         shipped += len(frame)
         logger.info(
-            "shipped %d rows (ids %d-%d) in %d objects to %s in %.2f s",
+            "shipped %d %s (ids %d-%d) in %d objects to %s in %.2f s",
             len(frame),
+            noun,
             *segment,
             len(keys),
             sink.location,

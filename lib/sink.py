@@ -207,11 +207,12 @@ def read_window(
 def read_feedback(location: str | Path, model: str, since: float | None = None) -> pd.DataFrame:
     """The model's feedback received since `since` (None: all there is), from a SQLite log, a
     sink or nothing (read_window's locations): ts, replica, request_id, image_index, then
-    label_<attribute> for each attribute labelled at least once (1.0, 0.0, or NaN where the
-    image has no label for it). One row per answered image (replica, request_id, image_index):
-    for each attribute the newest label sent, ts the newest feedback's; sorted like a window."""
+    label_<attribute> for each attribute labelled at least once, sorted by name (1.0, 0.0, or
+    NaN where the image has no label for it). One row per answered image (replica,
+    request_id, image_index): for each attribute the newest label sent, ts the newest
+    feedback's; sorted like a window."""
     rows, _ = read_window(location, model, since, None, table="feedback")
-    labels = [name for name in rows.columns if name.startswith(TABLES["feedback"].prefix)]
+    labels = sorted(name for name in rows.columns if name.startswith(TABLES["feedback"].prefix))
     newest = rows.sort_values("ts", kind="stable").groupby(IMAGE)[["ts", *labels]].last()
     frame = newest.reset_index()[["ts", *IMAGE, *labels]]
     frame = frame.astype({"ts": "float64", "image_index": "int64"})

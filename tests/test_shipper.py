@@ -1,5 +1,5 @@
-"""The shipper: a replica's logged rows reach the sink exactly once, by model and hour, through
-an upload failing part way, a SIGTERM and the death of its parent."""
+"""The shipper: a replica's logged rows and feedback reach the sink exactly once, by model and
+hour, through an upload failing part way, a SIGTERM and the death of its parent."""
 
 import logging
 import os
@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY
 from lib.predlog import PredictionLog
 from lib.settings import ServingSettings
 from lib.shipper import run, ship
-from lib.sink import Sink
+from lib.sink import Sink, read_feedback
 
 MODELS = ("TrainFlow/1", "TrainFlow/2", "TrainFlow/3")
 ROW_KEY = ["replica", "request_id", "image_index"]
@@ -39,6 +39,14 @@ def fill(log: PredictionLog, requests: int, name: str = "r", images: int = 3) ->
         log.append(f"{name}{i}", MODELS[i % len(MODELS)], values)
 
 
+def label(log: PredictionLog, requests: int, name: str = "r") -> None:
+    """Feedback for images 0 and 1 of each request `fill` made: Smiling on the first, Smiling
+    and Eyeglasses on the second."""
+    for i in range(requests):
+        log.add_feedback(f"{name}{i}", 0, {"Smiling": i % 2})
+        log.add_feedback(f"{name}{i}", 1, {"Smiling": 0, "Eyeglasses": 1})
+
+
 def metric(name: str) -> float:
     return REGISTRY.get_sample_value(name) or 0.0
 
@@ -48,17 +56,19 @@ def read_folder(folder: Path) -> pd.DataFrame:
     return table.to_pandas()
 
 
-def read_sink(sink: Sink) -> pd.DataFrame:
-    keys = sink.keys()
+def read_sink(sink: Sink, prefix: str = "") -> pd.DataFrame:
+    keys = sink.keys(prefix)
     tables = [pq.read_table(pa.BufferReader(sink.get(key))) for key in keys]
     return pa.concat_tables(tables, promote_options="default").to_pandas()
 
 
-def assert_once(shipped: pd.DataFrame, logged: pd.DataFrame) -> None:
+def assert_once(
+    shipped: pd.DataFrame, logged: pd.DataFrame, values=("brightness", "prob_Smiling")
+) -> None:
     """Every logged row is in `shipped` exactly once, with its values."""
     assert not shipped.duplicated(ROW_KEY).any()
     assert len(shipped) == len(logged)
-    columns = [*ROW_KEY, "ts", "brightness", "prob_Smiling"]
+    columns = [*ROW_KEY, "ts", *values]
     expected = logged[columns].sort_values(ROW_KEY, ignore_index=True)
     pd.testing.assert_frame_equal(
         shipped[columns].sort_values(ROW_KEY, ignore_index=True), expected
@@ -82,6 +92,68 @@ def test_shipping_to_a_folder_writes_every_row_once_by_model_and_hour(tmp_path):
     assert (by_row["model"] == by_row["model_logged"]).all()  # the model= partition
     hours = [datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H") for ts in shipped["ts"]]
     assert list(shipped["hour"]) == hours
+
+
+FEEDBACK_VALUES = ("label_Smiling", "label_Eyeglasses")
+
+
+def test_feedback_ships_to_a_folder_once_under_its_own_prefix(tmp_path):
+    log = PredictionLog(tmp_path / "log.db", replica="pod-a")
+    fill(log, 10)
+    label(log, 10)
+    logged, given = log.read(), log.read(table="feedback")
+    newest = {model: read_feedback(log.path, model) for model in MODELS}
+    sink, before = Sink(tmp_path / "sink"), metric("facet_log_feedback_shipped_total")
+    assert ship(log, sink, limit=7) == 30 + 20
+    assert metric("facet_log_feedback_shipped_total") - before == 20
+    assert log.read(table="feedback").empty and log.pending_segment(7, "feedback") is None
+    assert ship(log, sink) == 0
+
+    assert_once(read_folder(tmp_path / "sink"), logged)  # the root: the predictions only
+    assert_once(read_folder(tmp_path / "sink" / "_feedback"), given, FEEDBACK_VALUES)
+    for model in MODELS:
+        pd.testing.assert_frame_equal(read_feedback(sink.location, model), newest[model])
+
+
+@pytest.mark.emulator
+def test_feedback_failing_part_way_is_shipped_again_without_loss_or_duplicates(
+    gcs, tmp_path, monkeypatch
+):
+    """The rows' three objects are stored, then the first of the feedback's three, then every
+    upload fails: the feedback segment stays pending, the rows are done; the next shipment
+    writes the same feedback keys again, then the feedback that arrived meanwhile."""
+    log = PredictionLog(tmp_path / "log.db", replica="pod-a")
+    fill(log, 9)
+    label(log, 9)
+    put, puts = Sink.put, []
+
+    def network_fails_after_four_objects(sink, key, data):
+        put(sink, key, data)
+        puts.append(key)
+        if len(puts) == 4:
+            proxy.remaining = 1_000_000
+
+    with (
+        flaky(monkeypatch, failures=0, failing="uploadType=") as proxy,
+        monkeypatch.context() as patch,
+    ):
+        patch.setattr(Sink, "put", network_fails_after_four_objects)
+        with pytest.raises((RetryError, ServiceUnavailable)):
+            ship(log, Sink("gs://facet/log", retry=SHORT_RETRY))
+    sink = Sink("gs://facet/log")
+    first_try = sink.keys("_feedback/")
+    assert len(first_try) == 1 and len(sink.keys()) == 4
+    stored = sink.get(first_try[0])
+    assert log.unshipped_rows() == 0 and log.pending_segment(50_000, "feedback") == (1, 18)
+
+    fill(log, 2, name="late")
+    label(log, 2, name="late")
+    given = log.read(table="feedback")
+    assert ship(log, sink) == 6 + 18 + 4
+    assert len(sink.keys("_feedback/")) == 3 + 2 and sink.get(first_try[0]) == stored
+    assert_once(read_sink(sink, "_feedback/"), given, FEEDBACK_VALUES)
+    late = read_feedback("gs://facet/log", MODELS[0], since=given["ts"].iloc[-4])
+    assert late["request_id"].tolist() == ["late0", "late0"]
 
 
 @pytest.mark.emulator

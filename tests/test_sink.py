@@ -160,7 +160,7 @@ def feedback(ts, request_id: str, labels: dict[str, float], replica: str = "pod-
     )
 
 
-NEWEST_COLUMNS = ["ts", "replica", "request_id", "image_index", "label_Smiling", "label_Bald"]
+NEWEST_COLUMNS = ["ts", "replica", "request_id", "image_index", "label_Bald", "label_Smiling"]
 
 
 def test_feedback_is_read_back_as_the_newest_label_of_each_attribute(location, opened):
@@ -190,8 +190,8 @@ def test_feedback_is_read_back_as_the_newest_label_of_each_attribute(location, o
             "replica": ["pod-b", "pod-a"],
             "request_id": ["r1", "r1"],
             "image_index": np.zeros(2, dtype=np.int64),
-            "label_Smiling": [1.0, 0.0],
             "label_Bald": [np.nan, 1.0],
+            "label_Smiling": [1.0, 0.0],
         }
     )
     pd.testing.assert_frame_equal(labels, expected, check_exact=True)
