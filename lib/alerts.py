@@ -1,4 +1,5 @@
-"""Drift alerts: the `drift` tag on the MonitorFlow run, and a JSON POST to a webhook."""
+"""MonitorFlow's alerts: a tag on the run for each alarm (`drift`, `accuracy`), and one JSON
+POST to a webhook that names them all."""
 
 from __future__ import annotations
 
@@ -15,27 +16,76 @@ from lib.drift import drifted_columns
 from lib.settings import FlowSettings
 
 DRIFT_TAG = "drift"
+ACCURACY_TAG = "accuracy"
+# What the webhook is told of `performance`: its summary without the per-attribute table.
+ACCURACY_FIELDS = (
+    "estimated_mean_accuracy",
+    "estimated_mean_accuracy_ci",
+    "realised_mean_accuracy",
+    "n_labelled",
+    "test_mean_accuracy",
+    "accuracy_margin",
+    "alerts",
+)
 
 
-def raise_alarm(monitor_run: str, model_run: str, drift: dict[str, Any]) -> None:
-    """Tag the run `drift`, then POST a JSON summary to ALERT_WEBHOOK_URL if it is set: the
-    tag is there whatever becomes of the POST, whose failure is raised after it."""
+def alarms(drift: dict[str, Any], performance: dict[str, Any] | None = None) -> list[str]:
+    """The tags a run earns: `drift` when it found drift, `accuracy` when its estimated
+    accuracy fell past the margin or a realised drop was significant (performance's
+    alerts)."""
+    raised = [DRIFT_TAG] if drift["drift_detected"] else []
+    return raised + ([ACCURACY_TAG] if performance and performance["alerts"] else [])
+
+
+def raise_alarm(
+    monitor_run: str,
+    model_run: str,
+    drift: dict[str, Any],
+    performance: dict[str, Any] | None = None,
+) -> None:
+    """Nothing if no alarm is due (alarms); else tag the run with each alarm, then POST one
+    JSON summary to ALERT_WEBHOOK_URL if it is set: the tags are there whatever becomes of
+    the POST, whose failure is raised after them."""
+    tags = alarms(drift, performance)
+    if not tags:
+        return
     namespace(None)
-    Run(monitor_run).add_tag(DRIFT_TAG)
+    run = Run(monitor_run)
+    for tag in tags:
+        run.add_tag(tag)
     url = FlowSettings().ALERT_WEBHOOK_URL
     if url:
-        post_json(url, alert_summary(monitor_run, model_run, drift))
+        post_json(url, alert_summary(monitor_run, model_run, drift, performance))
 
 
-def alert_summary(monitor_run: str, model_run: str, drift: dict[str, Any]) -> dict[str, Any]:
-    """The webhook's body; `text` makes it readable as-is by Slack-style incoming webhooks."""
-    return {
-        "text": f"facet: drift in traffic to {model_run} ({monitor_run}): {drift['message']}",
+def alert_summary(
+    monitor_run: str,
+    model_run: str,
+    drift: dict[str, Any],
+    performance: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The webhook's body: the alarms, the drift fields without the per-column table and, with
+    an accuracy alarm, `accuracy` (ACCURACY_FIELDS of performance, the significant drops by
+    attribute). `text` makes it readable as-is by Slack-style incoming webhooks."""
+    tags = alarms(drift, performance)
+    reasons = [drift["message"]] if DRIFT_TAG in tags else []
+    reasons += performance["alerts"] if ACCURACY_TAG in tags else []
+    summary = {
+        "text": f"facet: {' and '.join(tags)} in traffic to {model_run} ({monitor_run}): "
+        + "; ".join(reasons),
+        "alarms": tags,
         "monitor_run": monitor_run,
         "model_run": model_run,
         "drifted_columns": drifted_columns(drift),
         **{key: value for key, value in drift.items() if key != "columns"},
     }
+    if ACCURACY_TAG in tags:
+        drops = [name for name, a in performance["per_attribute"].items() if a["significant_drop"]]
+        summary["accuracy"] = {
+            **{key: performance[key] for key in ACCURACY_FIELDS},
+            "significant_drops": drops,
+        }
+    return summary
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -78,7 +128,7 @@ def post_json(
             with _OPENER.open(request, timeout=min(timeout, left)):
                 return
         except OSError as error:
-            failure = f"could not POST the drift alert to {parts.hostname}: {_reason(error)}"
+            failure = f"could not POST the alert to {parts.hostname}: {_reason(error)}"
             if not _transient(error) or time.monotonic() + delay > deadline:
                 raise RuntimeError(failure) from None
         time.sleep(delay)
