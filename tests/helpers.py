@@ -134,8 +134,18 @@ def _launch(flow: Path, command: str, config_value, expect: str, **options) -> R
     settings = {"config_value": config_value} if config_value else {}
     with Runner(str(flow), show_output=False, cwd=cwd, **settings) as runner:
         result = getattr(runner, command)(**options)
-        assert result.status == expect, result.stderr[-3000:]
+        assert result.status == expect, result.stderr[-3000:] + failed_tasks(result.run)
         return result.run
+
+
+def failed_tasks(run: Run) -> str:
+    """The end of each failed task's stderr: the traceback Runner's own output leaves out."""
+    return "".join(
+        f"\n--- {task.pathspec}:\n{task.stderr[-3000:]}"
+        for step in run
+        for task in step
+        if not task.successful
+    )
 
 
 def free_port() -> int:
