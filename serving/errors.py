@@ -29,10 +29,20 @@ ERRORS: dict[str, ErrorCode] = {
     "invalid_image": ErrorCode(400, "not a JPEG, PNG or WebP image, or a truncated or damaged one"),
     "image_too_large": ErrorCode(400, "more than MAX_IMAGE_PIXELS pixels in an image's header"),
     "too_many_images": ErrorCode(400, "more images than MAX_BATCH"),
+    "invalid_feedback": ErrorCode(
+        400, "a feedback body that is not a JSON object of request_id, image_index and labels"
+    ),
+    "unknown_attribute": ErrorCode(
+        400, "feedback labels an attribute the model does not have (the message lists them)"
+    ),
+    "invalid_label": ErrorCode(400, "a feedback label other than 0 or 1 (or false or true)"),
     "bad_request": ErrorCode(400, "a request Werkzeug could not parse"),
     "unauthorized": ErrorCode(401, "no bearer key, or a wrong one, where keys are configured"),
     "not_found": ErrorCode(404, "no such endpoint"),
     "no_drift_report": ErrorCode(404, "no drift report yet for the model, or none by that run"),
+    "unknown_prediction": ErrorCode(
+        404, "feedback for a request this replica's log does not hold, or an image it had not"
+    ),
     "method_not_allowed": ErrorCode(405, "the endpoint does not answer this HTTP method"),
     "request_entity_too_large": ErrorCode(413, "a body over MAX_UPLOAD_MB"),
     "too_many_pixels": ErrorCode(413, "more than MAX_REQUEST_PIXELS pixels in all the images"),
@@ -41,7 +51,9 @@ ERRORS: dict[str, ErrorCode] = {
     "internal_error": ErrorCode(500, "the server failed; its log says why"),
     "not_ready": ErrorCode(503, "the model is not loaded yet (the message says why)"),
     "log_unavailable": ErrorCode(
-        503, "the prediction log cannot take the row (disk full, locked): nothing was answered"
+        503,
+        "the prediction log cannot take the rows or the feedback (disk full, locked): nothing "
+        "was answered or stored",
     ),
 }
 

@@ -108,10 +108,14 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     },
     "Predictions": {
         "type": "object",
-        "required": ["model", "request_id", "predictions"],
+        "required": ["model", "request_id", "replica", "predictions"],
         "properties": {
             "model": {"type": "string", "description": "the run that answered"},
             "request_id": {"type": "string"},
+            "replica": {
+                "type": "string",
+                "description": "the replica that answered (REPLICA_ID): send feedback to it",
+            },
             "predictions": {
                 "type": "array",
                 "description": "one per image, in the order sent",
@@ -128,6 +132,38 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                     },
                 },
             },
+        },
+    },
+    "Feedback": {
+        "type": "object",
+        "required": ["request_id", "image_index", "labels"],
+        "additionalProperties": False,
+        "properties": {
+            "request_id": {"type": "string", "description": "the request_id of the answer"},
+            "image_index": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "the image's place in that request, from 0",
+            },
+            "labels": {
+                "type": "object",
+                "minProperties": 1,
+                "description": "true labels of some of the model's attributes: 1 present, "
+                "0 absent (true and false are taken as 1 and 0); the newest label of an "
+                "attribute for an image is the one that counts",
+                "additionalProperties": {"enum": [0, 1, False, True]},
+            },
+        },
+    },
+    "StoredFeedback": {
+        "type": "object",
+        "required": ["model", "replica", "request_id", "image_index", "labels"],
+        "properties": {
+            "model": {"type": "string", "description": "the run that answered the request"},
+            "replica": {"type": "string", "description": "the replica that answered it"},
+            "request_id": {"type": "string"},
+            "image_index": {"type": "integer", "minimum": 0},
+            "labels": {"type": "object", "additionalProperties": {"enum": [0, 1]}},
         },
     },
     "History": {
@@ -230,6 +266,23 @@ OPERATIONS: tuple[Operation, ...] = (
                 },
             },
         },
+    ),
+    Operation(
+        "post",
+        "/feedback",
+        "feedback",
+        "True labels for an image this replica answered, for realised accuracy",
+        json_body("what was stored", ref("StoredFeedback")),
+        (
+            "invalid_feedback",
+            "unknown_attribute",
+            "invalid_label",
+            "unknown_prediction",
+            "request_entity_too_large",
+            "not_ready",
+            "log_unavailable",
+        ),
+        {"requestBody": {"required": True, "content": {JSON: {"schema": ref("Feedback")}}}},
     ),
     Operation(
         "get",

@@ -109,6 +109,11 @@ def upload(client, *images: bytes, field: str = FIELD, **kwargs):
     )
 
 
+def feedback(client, request_id: str, labels: dict):
+    body = {"request_id": request_id, "image_index": 0, "labels": labels}
+    return client.post("/feedback", json=body)
+
+
 def assert_documented(spec: OpenAPI, response) -> None:
     """The answer is one the description allows for its request's method and path: status,
     schema, error code. (The request is rebuilt without its body, which was read already.)"""
@@ -221,7 +226,8 @@ def test_good_answers_match_the_description(served, spec, smoke_run):
     two = upload(served, png(40, 1), png(40, 2), headers={"X-Request-ID": "page-test"})
     assert two.status_code == 200 and len(two.get_json()["predictions"]) == 2
     body = served.post("/predict", data=png(40), content_type="image/png")
-    answers = [two, body] + [
+    labelled = feedback(served, "page-test", {"Eyeglasses": 1, "Smiling": 0})
+    answers = [two, body, labelled] + [
         served.get(path) for path in ("/", "/docs", "/openapi.json", "/healthz", "/readyz")
     ]
     answers += [served.get(path) for path in ("/model", "/metrics", "/monitoring/history")]
@@ -236,6 +242,7 @@ def test_good_answers_match_the_description(served, spec, smoke_run):
 def test_every_error_code_is_answered_and_matches_the_description(served, keyed, spec, tmp_path):
     with locked(tmp_path / "predictions.db"):
         unlogged = upload(served, png(40))
+    assert upload(served, png(40), headers={"X-Request-ID": "answered"}).status_code == 200
     answers = {
         "no_image": upload(served, png(40), field="file"),
         "empty_image": upload(served, b""),
@@ -247,6 +254,10 @@ def test_every_error_code_is_answered_and_matches_the_description(served, keyed,
             "/predict", data=b"\0" * LIMITS["MAX_CONTENT_LENGTH"] * 2, content_type="image/png"
         ),
         "unsupported_media_type": served.post("/predict", data="x", content_type="text/plain"),
+        "invalid_feedback": served.post("/feedback", data="x", content_type="text/plain"),
+        "unknown_attribute": feedback(served, "answered", {"Glasses": 1}),
+        "invalid_label": feedback(served, "answered", {"Eyeglasses": 2}),
+        "unknown_prediction": feedback(served, "never-answered", {"Eyeglasses": 1}),
         "unauthorized": keyed.get("/model"),
         "no_drift_report": served.get("/monitoring/drift"),
         "not_found": served.get("/no-such-page"),
