@@ -269,38 +269,29 @@ class PredictionLog:
         if its shipment did not finish (unchanged, so a retry writes the same objects), else a
         new one of the oldest unshipped rows, at most `limit`, recorded now. None if every row
         is shipped."""
-        state = TABLES[table].state
         with self._transaction() as db:
-            first, last = _state(db, f"{state}pending_first"), _state(db, f"{state}pending_last")
+            first, last = _pending(db, table)
             if first is not None:
                 return first, last
             first, last = db.execute(
                 f"SELECT min(id), max(id) FROM "
                 f"(SELECT id FROM {table} WHERE id > ? ORDER BY id LIMIT ?)",
-                (_state(db, f"{state}shipped_through"), limit),
+                (_state(db, f"{TABLES[table].state}shipped_through"), limit),
             ).fetchone()
             if first is None:
                 return None
-            _set_state(db, **{f"{state}pending_first": first, f"{state}pending_last": last})
+            _set_shipping(db, table, pending_first=first, pending_last=last)
             return first, last
 
     def mark_shipped(self, first: int, last: int, table: str = "predictions") -> None:
         """The pending segment's objects are confirmed: delete its rows, move the high-water
         mark to `last` and clear the pending segment, in one transaction."""
-        state = TABLES[table].state
         with self._transaction() as db:
-            pending = _state(db, f"{state}pending_first"), _state(db, f"{state}pending_last")
+            pending = _pending(db, table)
             if pending != (first, last):
                 raise ValueError(f"{table} {first}-{last} are not the pending segment {pending}")
             db.execute(f"DELETE FROM {table} WHERE id BETWEEN ? AND ?", (first, last))
-            _set_state(
-                db,
-                **{
-                    f"{state}shipped_through": last,
-                    f"{state}pending_first": None,
-                    f"{state}pending_last": None,
-                },
-            )
+            _set_shipping(db, table, shipped_through=last, pending_first=None, pending_last=None)
 
     def oldest_unshipped_ts(self) -> float | None:
         """The timestamp of the oldest row not shipped yet (None when there is none)."""
@@ -322,12 +313,9 @@ class PredictionLog:
         cutoff = None if max_age_hours is None else (now or time.time()) - max_age_hours * 3600
         with self._transaction() as db:
             deleted = 0
-            for table, spec in TABLES.items():
-                pending = (
-                    _state(db, f"{spec.state}pending_first") or 0,
-                    _state(db, f"{spec.state}pending_last") or 0,
-                )
-                deleted += _prune(db, table, cutoff, max_rows, pending)
+            for table in TABLES:
+                first, last = _pending(db, table)
+                deleted += _prune(db, table, cutoff, max_rows, (first or 0, last or 0))
             _prune(db, "requests", cutoff, max_rows)
         return deleted
 
@@ -361,8 +349,19 @@ def _state(db: sqlite3.Connection, key: str) -> Any:
     return None if row is None else row[0]
 
 
-def _set_state(db: sqlite3.Connection, **values: Any) -> None:
-    db.executemany("INSERT OR REPLACE INTO log_state VALUES (?, ?)", values.items())
+def _pending(db: sqlite3.Connection, table: str) -> tuple[int | None, int | None]:
+    """The ids (first, last) of the table's pending segment; (None, None) when none is."""
+    state = TABLES[table].state
+    return _state(db, f"{state}pending_first"), _state(db, f"{state}pending_last")
+
+
+def _set_shipping(db: sqlite3.Connection, table: str, **values: Any) -> None:
+    """Set the table's shipping state: shipped_through, pending_first, pending_last."""
+    state = TABLES[table].state
+    db.executemany(
+        "INSERT OR REPLACE INTO log_state VALUES (?, ?)",
+        [(f"{state}{key}", value) for key, value in values.items()],
+    )
 
 
 def _as_unavailable(path: Path, timeout_s: float, error: sqlite3.Error) -> LogUnavailable:
