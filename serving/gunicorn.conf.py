@@ -5,6 +5,11 @@ No preload: each worker imports torch and loads the model after the fork (torch'
 pools do not survive a fork), before it accepts a connection. Torch threads are capped so that
 workers x threads never oversubscribe the cores.
 
+One shipper per replica: the master starts `python -m lib.shipper` when it is ready. It ships
+the log's rows to PREDICTION_SINK every PREDICTION_SHIP_SECONDS and prunes the log; when the
+master stops (SIGTERM), after its workers have finished their requests, it tells the shipper to
+ship what is left and waits for it, within the grace period.
+
 One model per service: the master resolves the champion when it starts and at every HUP
 (`kill -HUP <master>`: new workers load the new champion, old ones finish their requests and
 stop) and hands it to every worker, respawned ones too, as MODEL_RUN.
@@ -12,6 +17,9 @@ stop) and hands it to every worker, respawned ones too, as MODEL_RUN.
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 
 from lib.settings import ServingSettings
@@ -45,6 +53,23 @@ def on_starting(server):
     shutil.rmtree(metrics_folder, ignore_errors=True)
     os.makedirs(metrics_folder)
     pin_champion(server)
+
+
+def when_ready(server):
+    server.shipper = subprocess.Popen([sys.executable, "-m", "lib.shipper"])
+
+
+def on_exit(server):
+    """The workers have stopped: the shipper ships their last rows, then stops."""
+    shipper = getattr(server, "shipper", None)
+    if shipper is None:
+        return
+    shipper.send_signal(signal.SIGTERM)
+    try:
+        shipper.wait(graceful_timeout)
+    except subprocess.TimeoutExpired:
+        server.log.error("the shipper did not stop within %s s; killing it", graceful_timeout)
+        shipper.kill()
 
 
 def on_reload(server):
