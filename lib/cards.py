@@ -168,16 +168,17 @@ def evaluation_card(
     attributes: list[str],
     reliability: dict[str, dict[str, list[dict[str, float]]]],
 ) -> list:
-    """The evaluate step's card: the headline and per-attribute numbers, calibration, then
-    the first test images. `shown` is (the test split's dataset, its labels, its calibrated
-    probabilities, how many); `reliability` is lib.calibration.reliability's points of the
-    test split "before" and "after" calibration."""
+    """The evaluate step's card: the headline and per-attribute numbers, calibration, the
+    fairness slices, then the first test images. `shown` is (the test split's dataset, its
+    labels, its calibrated probabilities, how many); `reliability` is
+    lib.calibration.reliability's points of the test split "before" and "after" calibration."""
     split, labels, probs, count = shown
     count = min(count, len(split))
     images = np.stack([split[i][0].numpy() for i in range(count)]) if count else np.zeros((0,))
     return [
         *evaluation_summary(metrics, objective),
         *calibration_summary(metrics["calibration"], reliability),
+        *slices_summary(metrics["slices"]),
         *prediction_grid(images, labels[:count], probs[:count], thresholds, attributes),
     ]
 

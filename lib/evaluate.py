@@ -28,6 +28,7 @@ from lib.datasets import CachedSplit
 from lib.features import Projection, feature_frame, image_features
 from lib.model import probabilities_and_embeddings
 from lib.preprocess import Preprocessing
+from lib.slices import slice_report
 
 THRESHOLD_GRID = np.round(np.arange(0.01, 1.0, 0.01), 2)
 OBJECTIVES = ("accuracy", "balanced_accuracy", "f1")
@@ -224,6 +225,7 @@ def evaluate_model(
     metrics["calibration"] = calibrators.report(
         calibration["method"], attributes, raw, probs, labels
     )
+    metrics["slices"] = slice_report(labels, probs >= thresholds, attributes, settings.slices)
     shown = (test, labels, probs, settings.card_images)
     reliability = {
         "before": calibrators.reliability(attributes, raw, labels),
