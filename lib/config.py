@@ -43,7 +43,7 @@ class FaintSpec(Section):
         "Young", description="the label-only attribute whose positive faces get the faint cue"
     )
     visibility: float = Field(
-        0.3, ge=0, le=1, description="the faint cue's opacity: 0 absent, 1 as on other faces"
+        0.3, ge=0, le=1, description="how visible the faint cue is: 0 absent, 1 as on other faces"
     )
 
     @model_validator(mode="after")

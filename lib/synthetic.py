@@ -12,7 +12,7 @@ rate; the ones in DRAWN_ATTRIBUTES are painted on the face, the rest are labels 
 visual cue, so a model should score about chance on them. Each image depends only on
 (seed, index), so generation is parallel and any image can be regenerated alone.
 
-`faint` paints one attribute's cue at a lower opacity on the faces of one group (a label-only
+`faint` paints one attribute's cue less visibly on the faces of one group (a label-only
 attribute such as Young): a model then misses it more often there, a known unfairness for the
 fairness slices (lib.slices) to find. Without it the same seed draws the same faces.
 
@@ -110,17 +110,6 @@ DRAWN_ATTRIBUTES: list[str] = [
     "Wearing_Lipstick",
     "Wearing_Necktie",
 ]
-# Drawn cues painted over the face without random draws of their own: the same face drawn
-# without one differs from it only there, so blending the two draws the cue faint. The others
-# change a part's shape (a smile, a goatee), or draw colours that shift every later draw.
-FAINT_ATTRIBUTES: list[str] = [
-    "Bangs",
-    "Blurry",
-    "Eyeglasses",
-    "Mustache",
-    "Rosy_Cheeks",
-    "Wearing_Lipstick",
-]
 LABEL_ONLY: list[str] = [name for name in ATTRIBUTES if name not in DRAWN_ATTRIBUTES]
 
 HAIR_COLOURS = {
@@ -136,9 +125,23 @@ LAYOUTS = ("official", "zip", "kaggle")
 # CelebA's official split sizes, used as proportions: 162,770 / 19,867 / 19,962.
 SPLIT_SHARES = (162_770 / 202_599, 19_867 / 202_599)
 
+# Drawn cues painted over the face without random draws of their own: the same face drawn
+# without one differs from it only there, so blending the two draws the cue faint. Hair
+# colours are drawn faint as a colour part of the way from auburn (no hair-colour label). The
+# others change a part's shape (a smile, a goatee), or draw colours that shift every later draw.
+OVERLAY_ATTRIBUTES = [
+    "Bangs",
+    "Blurry",
+    "Eyeglasses",
+    "Mustache",
+    "Rosy_Cheeks",
+    "Wearing_Lipstick",
+]
+FAINT_ATTRIBUTES: list[str] = sorted([*OVERLAY_ATTRIBUTES, *HAIR_COLOURS])
+
 
 class Faint(NamedTuple):
-    """`attribute`'s cue painted at `visibility` opacity (0: absent, 1: as usual) on the faces
+    """`attribute`'s cue painted at `visibility` (0: absent, 1: as usual) on the faces
     labelled `group`; their labels still say the attribute is there."""
 
     attribute: str
@@ -249,23 +252,28 @@ def render_face(
     faint: Faint | None = None,
 ) -> Image.Image:
     """Paint one 178x218 face whose visible cues follow `labels`, then shift it. When `faint`
-    applies to it, the face is blended at the faint visibility over the same face painted
-    without the faint cue, from the same random draws."""
-    if faint is not None and faint.applies(labels):
+    applies to it, its hair colour is painted part of the way from auburn, or its cue is
+    blended at the faint visibility over the same face painted without it, from the same
+    random draws."""
+    if faint is None or not faint.applies(labels):
+        image = paint_face(rng, labels)
+    elif faint.attribute in HAIR_COLOURS:
+        image = paint_face(rng, labels, hair_visibility=faint.visibility)
+    else:
         plain = paint_face(copy.deepcopy(rng), {**labels, faint.attribute: 0})
         image = Image.blend(plain, paint_face(rng, labels), faint.visibility)
-    else:
-        image = paint_face(rng, labels)
     return apply_shifts(image, shifts, rng)
 
 
-def paint_face(rng: np.random.Generator, labels: dict[str, int]) -> Image.Image:
+def paint_face(
+    rng: np.random.Generator, labels: dict[str, int], hair_visibility: float = 1.0
+) -> Image.Image:
     """Paint the face back to front. The order of the parts is the order of their random
     draws: changing it changes every image."""
     background = tuple(int(v) for v in rng.integers(40, 220, 3))
     image = Image.new("RGB", (WIDTH, HEIGHT), background)
     draw = ImageDraw.Draw(image)
-    face = place_face(rng, labels)
+    face = place_face(rng, labels, hair_visibility)
     draw_torso(draw, rng, face)
     draw_head(draw, rng, face)
     draw_hat(draw, rng, face)
@@ -280,8 +288,11 @@ def paint_face(rng: np.random.Generator, labels: dict[str, int]) -> Image.Image:
     return image
 
 
-def place_face(rng: np.random.Generator, labels: dict[str, int]) -> Face:
-    """Pick at random where the face sits, its size, its skin and its hair colour."""
+def place_face(
+    rng: np.random.Generator, labels: dict[str, int], hair_visibility: float = 1.0
+) -> Face:
+    """Pick at random where the face sits, its size, its skin and its hair colour; a labelled
+    colour at `hair_visibility` is mixed with auburn (at 0, hair with no colour label)."""
     cx = WIDTH // 2 + int(rng.integers(-6, 7))
     cy = 112 + int(rng.integers(-5, 6))
     half_width = int(rng.integers(36, 44))
@@ -292,7 +303,9 @@ def place_face(rng: np.random.Generator, labels: dict[str, int]) -> Face:
         skin = (int(205 - 90 * tone), int(160 - 75 * tone), int(120 - 60 * tone))
     hair = None
     if not labels["Bald"]:
-        colours = [HAIR_COLOURS[c] for c in HAIR_COLOURS if labels[c]]
+        colours = [
+            _mix(HAIR_COLOURS[c], OTHER_HAIR[0], hair_visibility) for c in HAIR_COLOURS if labels[c]
+        ]
         hair = _jitter(rng, colours[0] if colours else OTHER_HAIR[rng.integers(len(OTHER_HAIR))])
     return Face(labels, cx, cy, half_width, skin, hair)
 
@@ -404,6 +417,11 @@ def draw_earrings(draw: ImageDraw.ImageDraw, rng: np.random.Generator, face: Fac
         for side in (-1, 1):
             x = face.cx + side * (face.half_width + 2)
             draw.ellipse([x - 7, face.cy + 12, x + 7, face.cy + 26], fill=gold)
+
+
+def _mix(colour: Colour, other: Colour, share: float) -> Colour:
+    """`share` of `colour`, the rest `other`."""
+    return tuple(round(share * c + (1 - share) * o) for c, o in zip(colour, other, strict=True))
 
 
 def _shade(colour: Colour, factor: float) -> Colour:
@@ -549,7 +567,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--faint",
         metavar="ATTRIBUTE,GROUP,VISIBILITY",
-        help=f"draw one of {', '.join(FAINT_ATTRIBUTES)} at this opacity on the group's faces",
+        help=f"draw one of {', '.join(FAINT_ATTRIBUTES)} at this visibility on the group's faces",
     )
     args = parser.parse_args(argv)
     try:

@@ -130,7 +130,7 @@ def test_faint_changes_only_the_group_faces_that_have_the_attribute(tmp_path):
     assert changed == (young & wearing).tolist()
 
 
-@pytest.mark.parametrize("attribute", synthetic.FAINT_ATTRIBUTES)
+@pytest.mark.parametrize("attribute", synthetic.OVERLAY_ATTRIBUTES)
 def test_a_faint_cue_is_the_face_with_and_without_it_blended(attribute):
     labels = {name: 1 for name in synthetic.ATTRIBUTES} | {"Bald": 0, "No_Beard": 0}
     labels |= {"Goatee": 0, "Blurry": int(attribute == "Blurry")}
@@ -151,6 +151,32 @@ def test_a_faint_cue_is_the_face_with_and_without_it_blended(attribute):
     assert (half[~cue] == shown[~cue]).all()
     assert np.abs(half - (shown + hidden) / 2).max() <= 1  # halfway, to rounding
     assert (face(0.0)[0] == hidden).all() and (face(1.0)[0] == shown).all()
+
+
+@pytest.mark.parametrize("colour", list(synthetic.HAIR_COLOURS))
+def test_a_faint_hair_colour_is_painted_part_of_the_way_from_auburn(colour):
+    labels = {name: 0 for name in synthetic.ATTRIBUTES} | {colour: 1, "Young": 1}
+
+    def hair(visibility):
+        rng = np.random.default_rng([5, 2])
+        return np.array(synthetic.place_face(rng, labels, visibility).hair), rng.bit_generator.state
+
+    (full, state), (faint, faint_state), (none, none_state) = map(hair, (1.0, 0.3, 0.0))
+    assert state == faint_state == none_state  # the same draws: only the colour moves
+    away = np.subtract(synthetic.OTHER_HAIR[0], synthetic.HAIR_COLOURS[colour])  # to auburn
+    assert (none - full == away).all()
+    assert np.abs(faint - full - 0.7 * away).max() <= 0.5
+
+    def face(faint=None):
+        rng = np.random.default_rng([5, 2])
+        image = np.asarray(synthetic.render_face(rng, labels, {}, faint))
+        return image, rng.bit_generator.state
+
+    (plain, plain_state), (painted, painted_state) = (
+        face(),
+        face(synthetic.Faint(colour, "Young", 0.3)),
+    )
+    assert plain_state == painted_state and (plain != painted).any()
 
 
 @pytest.mark.parametrize(
