@@ -14,7 +14,7 @@ A rate from a handful of faces is mostly chance (1 of 2 against 0 of 3 is a gap 
 `largest_gaps` ranks only attributes whose groups each hold at least `min_count` positives and
 as many negatives (`ranked`); the others' gaps are reported all the same.
 
-The report, stored as the run's metrics["slices"]; plain floats and ints:
+The report, stored as the run's metrics["slices"], is plain data (str, int, float, bool):
 
     {
       "slice_by": ["Male", "Young"],
