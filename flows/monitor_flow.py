@@ -12,12 +12,15 @@ A window of a sink ends --settle-minutes before now, so that rows still being sh
 left to the next run (whose window starts there) rather than missed.
 
 `start` picks the model, the log and the window, `detect` runs evidently on the window's rows
-against the model's reference, makes the card and keeps what it read (`log_objects`: the
-SQLite file, or the keys of the Parquet objects), `end` makes a card of the model's runs so
-far (this one included), then tags the run `drift` and POSTs to ALERT_WEBHOOK_URL when it
-found drift. The logic lives in lib/: monitor (the model, the log, the window, the rows, the
-reference and the history), sink (the Parquet layout), drift (the tests), cards (the cards)
-and alerts (the tag and the webhook).
+against the model's reference, estimates the model's accuracy from the rows' calibrated
+probabilities and measures it on the rows that feedback labelled (`performance`), makes the
+card and keeps what it read (`log_objects`: the SQLite file, or the keys of the Parquet
+objects), `end` makes a card of the model's runs so far (this one included), then tags the run
+`drift` when it found drift and `accuracy` when the estimated accuracy fell more than
+--accuracy-margin below the test accuracy or a realised drop was significant, and POSTs them
+to ALERT_WEBHOOK_URL. The logic lives in lib/: monitor (the model, the log, the window, the
+rows, the feedback, the reference and the history), sink (the Parquet layout), drift (the
+tests), performance (the accuracy), cards (the cards) and alerts (the tags and the webhook).
 """
 
 from metaflow import FlowSpec, Parameter, card, current, schedule, step
@@ -51,7 +54,14 @@ class MonitorFlow(FlowSpec):
         help="a window of a sink (not of a SQLite log) ends this long before now: rows arrive "
         "up to a shipping interval late",
     )
-    min_rows = Parameter("min-rows", default=100, help="fewer rows than this: no verdict")
+    min_rows = Parameter(
+        "min-rows", default=100, help="fewer rows than this: no verdict, no accuracy alarm"
+    )
+    accuracy_margin = Parameter(
+        "accuracy-margin",
+        default=0.05,
+        help="alarm when the estimated mean accuracy is more than this below the test's",
+    )
 
     @step
     def start(self):
@@ -68,15 +78,20 @@ class MonitorFlow(FlowSpec):
     @card(type="blank")
     @step
     def detect(self):
-        from lib.cards import drift_card
+        from lib.cards import drift_card, performance_card
         from lib.drift import detect_drift
-        from lib.monitor import load_reference, read_window
+        from lib.monitor import load_reference, measure_performance, read_window
 
         rows, self.log_objects = read_window(self.log_path, self.model_run, self.window)
         reference = load_reference(self.model_run)
         self.drift, self.report_html = detect_drift(reference, rows, self.window, self.min_rows)
+        self.performance = measure_performance(
+            self.log_path, self.model_run, self.window, rows, self.accuracy_margin, self.min_rows
+        )
         current.card.extend(drift_card(self.model_run, self.drift, self.report_html))
+        current.card.extend(performance_card(self.performance))
         print(f"{self.model_run}, {self.log_path}: {self.drift['message']}")
+        print(f"accuracy: {self.performance['message']}")
         self.next(self.end)
 
     @card(type="blank")
@@ -89,8 +104,7 @@ class MonitorFlow(FlowSpec):
         pathspec = f"{current.flow_name}/{current.run_id}"
         runs = history_with(pathspec, self.model_run, self.drift)
         current.card.extend(history_card(self.model_run, runs))
-        if self.drift["drift_detected"]:
-            raise_alarm(pathspec, self.model_run, self.drift)
+        raise_alarm(pathspec, self.model_run, self.drift, self.performance)
 
 
 if __name__ == "__main__":

@@ -551,3 +551,85 @@ def slice_gap_chart(report: dict[str, Any], shown: int = 10) -> dict[str, Any]:
         },
         "resolve": {"scale": {"y": "independent"}},
     }
+
+
+def performance_card(performance: dict[str, Any]) -> list:
+    """MonitorFlow's detect step, after the drift: the accuracy estimated from the window's
+    calibrated probabilities (lib.performance) against the test split's, and the realised
+    accuracy where feedback labelled rows: summary, alerts, a chart and a table."""
+    alerts = "".join(f"\n- **{alert}**" for alert in performance["alerts"])
+    components = [
+        Markdown(f"# Accuracy on the window's traffic\n\n{performance['message']}{alerts}")
+    ]
+    if performance["estimated_mean_accuracy"] is None:
+        return components
+    rows = [
+        [
+            name,
+            f"{a['estimated_accuracy']:.3f} ({a['ci_low']:.3f}-{a['ci_high']:.3f})",
+            f"{a['estimated_f1']:.3f}",
+            "-" if a["realised_accuracy"] is None else f"{a['realised_accuracy']:.3f}",
+            str(a["n_labelled"]),
+            f"{a['test_accuracy']:.3f}",
+            "-" if a["p_value"] is None else f"{a['p_value']:.1e}",
+            "significant drop" if a["significant_drop"] else "",
+        ]
+        for name, a in performance["per_attribute"].items()
+    ]
+    headers = ["attribute", "estimated (CI)", "estimated F1", "realised", "labelled", "test"]
+    return [
+        *components,
+        VegaChart(accuracy_estimate_chart(performance)),
+        Table(rows, headers=[*headers, "p-value (drop)", ""]),
+    ]
+
+
+def accuracy_estimate_chart(performance: dict[str, Any]) -> dict[str, Any]:
+    """Per attribute: the estimated accuracy with its interval, the test accuracy, and the
+    realised accuracy where rows were labelled."""
+    values = [
+        {
+            "attribute": name,
+            "estimated": a["estimated_accuracy"],
+            "ci_low": a["ci_low"],
+            "ci_high": a["ci_high"],
+            "test": a["test_accuracy"],
+            "realised": a["realised_accuracy"],
+        }
+        for name, a in performance["per_attribute"].items()
+    ]
+    attribute = {"field": "attribute", "type": "nominal", "sort": None}
+    accuracy = {"type": "quantitative", "title": "accuracy", "scale": {"zero": False}}
+    kinds = {"estimated": "#1f77b4", "test": "#2ca02c", "realised": "#d62728"}
+    interval = {
+        "mark": {"type": "rule", "color": kinds["estimated"]},
+        "encoding": {
+            "x": attribute,
+            "y": {"field": "ci_low", **accuracy},
+            "y2": {"field": "ci_high"},
+        },
+    }
+    points = {
+        "transform": [
+            {"fold": list(kinds), "as": ["kind", "accuracy"]},
+            {"filter": "datum.accuracy != null"},
+        ],
+        "mark": {"type": "point", "filled": True, "size": 60},
+        "encoding": {
+            "x": attribute,
+            "y": {"field": "accuracy", **accuracy},
+            "color": {
+                "field": "kind",
+                "type": "nominal",
+                "scale": {"domain": list(kinds), "range": list(kinds.values())},
+            },
+            "shape": {"field": "kind", "type": "nominal"},
+            "tooltip": [
+                {"field": "attribute"},
+                {"field": "kind"},
+                {"field": "accuracy", "format": ".3f"},
+            ],
+        },
+    }
+    title = "accuracy per attribute: estimated (95% interval), test split, realised on feedback"
+    return _vega_lite(title, 700, 240, data={"values": values}, layer=[interval, points])

@@ -1,7 +1,8 @@
 """MonitorFlow's queries: which log and which window of it a run tests, the rows and the
-reference it compares, and what earlier runs left: their reports and the history of their
-verdicts. The log is a replica's SQLite file or the sink every replica ships to (lib.sink);
-the statistics are in lib.drift, the alert in lib.alerts and the cards in lib.cards."""
+reference it compares, the feedback and test scores its accuracy is measured with, and what
+earlier runs left: their reports and the history of their verdicts. The log is a replica's
+SQLite file or the sink every replica ships to (lib.sink); the statistics are in lib.drift and
+lib.performance, the alerts in lib.alerts and the cards in lib.cards."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from metaflow import Run, namespace
 
 from lib import sink
 from lib.drift import Reference, Window
 from lib.features import IMAGE_FEATURES, embedding_columns, probability_columns
+from lib.performance import Expected, measure
 from lib.registry import newest_runs
 from lib.settings import FlowSettings
 
@@ -138,4 +141,35 @@ def load_reference(model_run: str) -> Reference:
         frame=data.reference_features,
         columns=[*IMAGE_FEATURES, *probability_columns(data.dataset["attributes"])],
         embedding=embedding_columns(len(data.projection["components"])),
+    )
+
+
+def measure_performance(
+    log: str, model_run: str, window: Window, rows: pd.DataFrame, margin: float, min_rows: int
+) -> dict[str, Any]:
+    """lib.performance.measure of the window's rows, with their feedback and the run's test
+    accuracy: MonitorFlow's `performance`."""
+    feedback = read_feedback(log, model_run, window)
+    return measure(rows, feedback, load_expected(model_run), margin, min_rows)
+
+
+def read_feedback(log: str, model_run: str, window: Window) -> pd.DataFrame:
+    """The labels sent back (POST /feedback) for the model's answers, as lib.sink.read_feedback
+    gives them: only feedback received since the window started, since none can come before
+    the answer it is about; feedback that arrives after this run is not counted for its
+    window."""
+    return sink.read_feedback(log, model_run, since=window[0])
+
+
+def load_expected(model_run: str) -> Expected:
+    """The run's thresholds and its test split's accuracy per attribute, in its attributes'
+    order: what the traffic's estimated and realised accuracy are compared with."""
+    namespace(None)
+    data = Run(model_run).data
+    attributes, metrics = data.dataset["attributes"], data.metrics
+    return Expected(
+        attributes=attributes,
+        thresholds=np.array([data.thresholds[a] for a in attributes]),
+        test_accuracy=np.array([metrics["per_attribute"][a]["accuracy"] for a in attributes]),
+        n_test=metrics["n_images"],
     )

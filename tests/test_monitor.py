@@ -18,10 +18,11 @@ from metaflow import Run
 from metaflow.cards import get_cards
 from test_flow import card_text
 
-from lib import synthetic
-from lib.alerts import DRIFT_TAG
+from lib import celeba, synthetic
+from lib.alerts import ACCURACY_TAG, DRIFT_TAG
 from lib.drift import INSUFFICIENT, drifted_columns
-from lib.monitor import TOP_COLUMNS, history
+from lib.monitor import TOP_COLUMNS, history, load_expected
+from lib.performance import estimate
 from lib.sink import Sink, write_segment
 from serving import create_app
 from serving.api import REPORT_HEADERS
@@ -56,15 +57,18 @@ def service(model_run, tmp_path):
     return app
 
 
-def send_faces(app, folder, n: int, seed: int, **overrides) -> None:
-    """Generate n faces and POST them to /predict, MAX_BATCH images a request."""
+def send_faces(app, folder, n: int, seed: int, **overrides) -> list[dict]:
+    """Generate n faces and POST them to /predict, MAX_BATCH images a request; returns the
+    answers."""
     root = synthetic.generate(folder, synthetic.make_spec(n, seed=seed, **overrides))
     images = sorted((root / "img_align_celeba").iterdir())
-    client, batch = app.test_client(), app.config["MAX_BATCH"]
+    client, batch, answers = app.test_client(), app.config["MAX_BATCH"], []
     for i in range(0, n, batch):
         files = [(io.BytesIO(path.read_bytes()), path.name) for path in images[i : i + batch]]
         response = client.post("/predict", data={"image": files})
         assert response.status_code == 200, response.get_json()
+        answers.append(response.get_json())
+    return answers
 
 
 @pytest.fixture
@@ -154,6 +158,68 @@ def test_each_run_tests_the_rows_logged_since_the_last_verdict(
     assert "verdict and rows tested per window" in content and "most drifted columns" in content
     assert all(run.pathspec in content for run in newest_first)
     assert_dashboard_serves(service.test_client(), model_run, newest_first)
+
+
+def test_a_run_estimates_accuracy_and_measures_it_where_feedback_labelled(
+    model_run, service, webhook, tmp_path
+):
+    """200 faces through the service, the generator's labels sent back (POST /feedback) for
+    120 of them: the run stores `performance`, the estimate from the logged probabilities and,
+    on those 120 rows, the accuracy of the service's answers against the labels; in
+    distribution, no alarm. Wrong Eyeglasses labels sent again for the same faces (the newest
+    wins) are a significant drop: the next run is tagged `accuracy` and the webhook told."""
+    answers = send_faces(service, tmp_path / "faces", WINDOW, seed=31)
+    file_attributes, _, truth = celeba.read_attribute_file(
+        tmp_path / "faces" / celeba.ATTRIBUTE_FILE
+    )
+    images = [(a["request_id"], i, p) for a in answers for i, p in enumerate(a["predictions"])]
+    attributes = list(images[0][2]["attributes"])
+    labels = truth[:, [file_attributes.index(name) for name in attributes]]
+    labelled = images[:120]
+    given = [dict(zip(attributes, map(int, row), strict=True)) for row in labels[:120]]
+    send_feedback(service, labelled, given)
+
+    run = run_monitor(model_run=model_run, log=service.config["PREDICTION_LOG"])
+    performance = run.data.performance
+    assert (performance["n_rows"], performance["n_labelled"]) == (WINDOW, 120)
+    probs = np.array([[p["attributes"][a] for a in attributes] for _, _, p in images])
+    estimated = estimate(probs, load_expected(model_run).thresholds)
+    right = np.array([[(a in p["present"]) for a in attributes] for _, _, p in labelled])
+    offline = (right == labels[:120].astype(bool)).mean(axis=0)
+    for i, name in enumerate(attributes):
+        measured = performance["per_attribute"][name]
+        assert measured["estimated_accuracy"] == pytest.approx(estimated["accuracy"][i])
+        assert measured["n_labelled"] == 120
+        assert measured["realised_accuracy"] == pytest.approx(offline[i])
+    assert performance["realised_mean_accuracy"] == pytest.approx(offline.mean())
+    assert performance["estimated_mean_accuracy"] == pytest.approx(estimated["mean_accuracy"])
+    assert performance["alerts"] == [] and run.data.drift["drift_detected"] is False
+    assert ACCURACY_TAG not in run.tags and webhook == []
+    content = card_text(get_cards(run["detect"].task)[0].get())
+    assert "accuracy per attribute" in content and "realised mean accuracy" in content
+
+    wrong = [{"Eyeglasses": int("Eyeglasses" not in p["present"])} for _, _, p in labelled]
+    send_feedback(service, labelled, wrong)
+    again = run_monitor(model_run=model_run, log=service.config["PREDICTION_LOG"], window_hours=1.0)
+    measured = again.data.performance["per_attribute"]
+    assert measured["Eyeglasses"]["realised_accuracy"] == 0.0
+    assert measured["Eyeglasses"]["significant_drop"] is True
+    assert measured["Smiling"]["realised_accuracy"] == pytest.approx(
+        offline[attributes.index("Smiling")]
+    )
+    assert ACCURACY_TAG in again.tags and DRIFT_TAG not in again.tags
+    [alert] = webhook
+    assert alert["alarms"] == [ACCURACY_TAG] and alert["monitor_run"] == again.pathspec
+    assert alert["accuracy"]["significant_drops"] == ["Eyeglasses"]
+
+
+def send_feedback(app, images: list[tuple], labels: list[dict[str, int]]) -> None:
+    """POST /feedback for each (request id, image index, prediction) with its labels."""
+    client = app.test_client()
+    for (request_id, index, _), given in zip(images, labels, strict=True):
+        body = {"request_id": request_id, "image_index": index, "labels": given}
+        response = client.post("/feedback", json=body)
+        assert response.status_code in (200, 201), response.get_json()
 
 
 def assert_history_lists(model_run: str, newest_first: list) -> None:
