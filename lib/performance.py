@@ -34,14 +34,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import fisher_exact, norm
 
 from lib.drift import FALSE_ALARM_RATE
 from lib.features import probability_columns
 
 LEVEL = 0.95  # of the estimate's interval
 ALPHA = FALSE_ALARM_RATE  # a realised drop's significance, all attributes of a window together
-ACCURACY_MARGIN = 0.05
 FEEDBACK_KEYS = ["replica", "request_id", "image_index"]  # a row's identity, as feedback names it
 
 
@@ -63,7 +61,11 @@ def estimate(probs: np.ndarray, thresholds: np.ndarray, level: float = LEVEL) ->
     """CBPE per attribute of probs (n, a), n >= 1: expected accuracy with its interval at
     `level` and expected F1, each (a,); and the mean accuracy over attributes with its
     interval."""
-    from lib.evaluate import scores  # here: lib.evaluate imports torch
+    # Imported here, like the test below: lib.monitor, which serving imports, imports this
+    # module for Expected, and lib.evaluate imports torch.
+    from scipy.stats import norm
+
+    from lib.evaluate import scores
 
     p = np.asarray(probs, dtype=np.float64)
     predicted = p >= thresholds
@@ -102,6 +104,8 @@ def drop_p_values(
 ) -> np.ndarray:
     """Per attribute, the one-sided p-value of Fisher's exact test that the labelled rows'
     odds of a right prediction are below the test split's; NaN where nothing is labelled."""
+    from scipy.stats import fisher_exact
+
     test_correct = np.rint(np.asarray(test_accuracy) * n_test).astype(int)
     return np.array(
         [
@@ -128,7 +132,7 @@ def measure(
     rows: pd.DataFrame,
     feedback: pd.DataFrame | None,
     expected: Expected,
-    margin: float = ACCURACY_MARGIN,
+    margin: float,
     min_rows: int = 1,
     alpha: float = ALPHA,
 ) -> dict[str, Any]:
@@ -150,6 +154,7 @@ def measure(
         "n_rows": len(rows),
         "estimated_mean_accuracy": estimated and estimated["mean_accuracy"],
         "estimated_mean_accuracy_ci": estimated and estimated["mean_ci"],
+        # Over the attributes labelled at all: compare it with theirs, not the 40's.
         "realised_mean_accuracy": float(accuracy[tested].mean()) if tested.any() else None,
         "n_labelled": int((~np.isnan(labels)).any(axis=1).sum()),
         "test_mean_accuracy": float(expected.test_accuracy.mean()),
@@ -215,8 +220,10 @@ def _verdict(summary: dict[str, Any], min_rows: int) -> str:
     if estimated is not None and summary["n_rows"] < min_rows:
         parts.append(f"fewer rows than min_rows={min_rows}: the estimate raises no alert")
     if realised_mean is not None:
+        labelled = sum(a["n_labelled"] > 0 for a in summary["per_attribute"].values())
         parts.append(
-            f"realised mean accuracy {realised_mean:.3f} on {summary['n_labelled']} labelled rows"
+            f"realised mean accuracy {realised_mean:.3f} on {summary['n_labelled']} labelled "
+            f"rows ({labelled} of {len(summary['per_attribute'])} attributes labelled)"
         )
     parts.append(f"{len(summary['alerts'])} alert(s)" if summary["alerts"] else "no alert")
     return ", ".join(parts)
