@@ -72,7 +72,9 @@ def steady_load(base: str, clients: int = 4) -> Iterator[list[str]]:
 
 
 def worker_pids(master: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout
+    """The master's gunicorn workers: its children but the shipper (python -m lib.shipper)."""
+    command = ["pgrep", "-P", str(master), "-f", "gunicorn"]
+    out = subprocess.run(command, capture_output=True, text=True).stdout
     return [int(pid) for pid in out.split()]
 
 
