@@ -12,11 +12,12 @@ rows' correctness are independent Bernoulli(c) draws, so realised - estimated ha
 deviation sqrt(sum c(1 - c)) / n. Across attributes the correctness of one face's predictions
 may be dependent (hair colours exclude each other), so the mean's deviation is bounded by the
 mean of the attributes' deviations, which holds whatever that dependence. The interval assumes
-calibration: it holds under a change of the attributes' prevalence (the probabilities stay
-calibrated) and not under a change of how faces look that the calibrator never saw (blur),
-where the model is confidently wrong and the estimate stays high. docs/monitoring.md has the
-numbers. NannyML's CBPE is the reference; nannyml 0.13.1 does not install with our pins (it
-needs gcsfs, whose fsspec pins conflict with ours), and the estimator is these few lines.
+calibration: it holds under a change of the attributes' prevalence where faces look as before
+(the probabilities stay calibrated), and not under a change of how faces look that the
+calibrator never saw (blur), where the model is confidently wrong and the estimate stays high.
+docs/monitoring.md has the numbers. NannyML's CBPE is the reference; nannyml 0.13.1 does not
+install with our pins (it needs gcsfs, whose fsspec pins conflict with ours), and the
+estimator is these few lines.
 
 Realised: per attribute, the share of labelled rows predicted right, tested one-sided against
 the test split's accuracy with Fisher's exact test on the two (correct, wrong) counts. The
@@ -41,6 +42,13 @@ from lib.features import probability_columns
 LEVEL = 0.95  # of the estimate's interval
 ALPHA = FALSE_ALARM_RATE  # a realised drop's significance, all attributes of a window together
 FEEDBACK_KEYS = ["replica", "request_id", "image_index"]  # a row's identity, as feedback names it
+# An attribute's entries in `performance`, and the keys of estimate's result they come from.
+ESTIMATED = {
+    "estimated_accuracy": "accuracy",
+    "ci_low": "ci_low",
+    "ci_high": "ci_high",
+    "estimated_f1": "f1",
+}
 
 
 @dataclass(frozen=True)
@@ -157,6 +165,7 @@ def measure(
         # Over the attributes labelled at all: compare it with theirs, not the 40's.
         "realised_mean_accuracy": float(accuracy[tested].mean()) if tested.any() else None,
         "n_labelled": int((~np.isnan(labels)).any(axis=1).sum()),
+        "attributes_labelled": int(tested.sum()),
         "test_mean_accuracy": float(expected.test_accuracy.mean()),
         "accuracy_margin": margin,
         "alpha": alpha,
@@ -179,9 +188,7 @@ def measure(
 
 def _estimated(estimated: dict[str, Any] | None, i: int) -> dict[str, float | None]:
     """One attribute's estimate: accuracy, its interval and F1 (None without rows)."""
-    keys = {"estimated_accuracy": "accuracy", "ci_low": "ci_low", "ci_high": "ci_high"}
-    keys["estimated_f1"] = "f1"
-    return {key: estimated and float(estimated[name][i]) for key, name in keys.items()}
+    return {key: estimated and float(estimated[name][i]) for key, name in ESTIMATED.items()}
 
 
 def _alerts(summary: dict[str, Any], min_rows: int) -> list[str]:
@@ -196,14 +203,13 @@ def _alerts(summary: dict[str, Any], min_rows: int) -> list[str]:
             f"{summary['n_rows']} rows) is more than {margin} below the test mean accuracy "
             f"{test:.3f}"
         )
-    tested = sum(a["n_labelled"] > 0 for a in summary["per_attribute"].values())
     for name, a in summary["per_attribute"].items():
         if a["significant_drop"]:
             alerts.append(
                 f"realised accuracy of {name} {a['realised_accuracy']:.3f} on "
                 f"{a['n_labelled']} labelled rows is significantly below its test accuracy "
                 f"{a['test_accuracy']:.3f} (p = {a['p_value']:.1e} <= {summary['alpha']} / "
-                f"{tested})"
+                f"{summary['attributes_labelled']})"
             )
     return alerts
 
@@ -220,10 +226,10 @@ def _verdict(summary: dict[str, Any], min_rows: int) -> str:
     if estimated is not None and summary["n_rows"] < min_rows:
         parts.append(f"fewer rows than min_rows={min_rows}: the estimate raises no alert")
     if realised_mean is not None:
-        labelled = sum(a["n_labelled"] > 0 for a in summary["per_attribute"].values())
         parts.append(
             f"realised mean accuracy {realised_mean:.3f} on {summary['n_labelled']} labelled "
-            f"rows ({labelled} of {len(summary['per_attribute'])} attributes labelled)"
+            f"rows ({summary['attributes_labelled']} of {len(summary['per_attribute'])} "
+            "attributes labelled)"
         )
     parts.append(f"{len(summary['alerts'])} alert(s)" if summary["alerts"] else "no alert")
     return ", ".join(parts)

@@ -192,6 +192,7 @@ def test_measure_reports_the_estimate_and_the_realised_accuracy_side_by_side():
     result = measure(rows, feedback(rows, labels), expected(), MARGIN, min_rows=100)
     correct, _ = realised(probs, THRESHOLDS, labels)
     assert result["n_rows"] == 1000 and result["n_labelled"] == 300
+    assert result["attributes_labelled"] == 2
     assert result["realised_mean_accuracy"] == pytest.approx((correct[:2] / 300).mean())
     young = result["per_attribute"]["Young"]
     assert (young["realised_accuracy"], young["n_labelled"]) == (None, 0)
