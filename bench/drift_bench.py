@@ -9,9 +9,11 @@ against the newest champion TrainFlow run there, trained first if there is none:
    the training set did not use, each predicted and logged as serving does (lib.inference,
    lib.predlog), then tested against the run's reference by lib.drift.detect_drift, the
    function MonitorFlow's detect step calls. Prints how many windows raised drift.
-2. Time: a log of --rows rows (the windows' rows drawn again at random) and
-   `MonitorFlow run` over all of it; prints the run's wall time, and reading plus testing
-   timed in this process.
+2. Time: a SQLite log of --rows rows (the windows' rows drawn again at random), then the same
+   rows shipped as Parquet to a folder (lib.shipper.ship, as a replica's shipper does): for
+   each, reading and testing the window timed in this process (lib.monitor.read_window and
+   lib.drift.detect_drift, what the detect step calls) and `MonitorFlow run` over it; prints
+   the times and how much faster the Parquet path reads.
 """
 
 import argparse
@@ -55,7 +57,7 @@ def main() -> None:
     shutil.rmtree(logs, ignore_errors=True)
     windows = log_windows(model_run, logs, args.windows, args.window_size)
     false_alarms(model_run, windows)
-    large_window(model_run, datastore, logs / "large.db", windows, args.rows)
+    large_window(model_run, datastore, logs, windows, args.rows)
 
 
 def champion(datastore: Path, config: dict) -> str:
@@ -67,8 +69,10 @@ def champion(datastore: Path, config: dict) -> str:
     if run is not None:
         return run.pathspec
     print("training a model first (flows/configs/default.json: a few minutes)")
-    with Runner(str(TRAIN_FLOW_FILE), show_output=False, cwd=datastore) as runner:
-        result = runner.run(config_value=[("config", config)])
+    # Metaflow takes the config when the runner is made, not per run.
+    settings = {"show_output": False, "cwd": datastore, "config_value": [("config", config)]}
+    with Runner(str(TRAIN_FLOW_FILE), **settings) as runner:
+        result = runner.run()
         assert result.status == "successful", result.stderr[-3000:]
         return result.run.pathspec
 
@@ -99,7 +103,8 @@ def false_alarms(model_run: str, logs: list[Path]) -> None:
     reference, alarms, smallest_p, largest_distance = load_reference(model_run), 0, 1.0, 0.0
     for log in logs:
         window = (None, time.time())
-        drift, _ = detect_drift(reference, read_window(str(log), model_run, window), window)
+        rows, _ = read_window(str(log), model_run, window)
+        drift, _ = detect_drift(reference, rows, window)
         alarms += drift["drift_detected"]
         smallest_p = min(smallest_p, *(c["score"] for c in drift["columns"].values()))
         embedding = drift["embedding"]
@@ -114,41 +119,79 @@ def false_alarms(model_run: str, logs: list[Path]) -> None:
 
 
 def large_window(
-    model_run: str, datastore: Path, path: Path, logs: list[Path], n_rows: int
+    model_run: str, datastore: Path, folder: Path, logs: list[Path], n_rows: int
 ) -> None:
-    from metaflow import Runner
-
-    from lib.drift import detect_drift
-    from lib.monitor import load_reference, read_window
-    from lib.predlog import PredictionLog
+    """The same n_rows rows read and tested from a SQLite log, then from the Parquet folder a
+    shipper moved them to (lib.shipper.ship), in this process and by MonitorFlow."""
+    from lib.predlog import META_COLUMNS, PredictionLog
+    from lib.shipper import ship
+    from lib.sink import ORDER, Sink
 
     logged = pd.concat([PredictionLog(log).read() for log in logs], ignore_index=True)
-    values = logged.drop(columns=["ts", "request_id", "model", "image_index"])
+    values = logged.drop(columns=META_COLUMNS)
     drawn = values.sample(n_rows, replace=True, random_state=0).to_dict("records")
-    log = PredictionLog(path)
+    log = PredictionLog(folder / "large.db", replica="bench")
     for start in range(0, n_rows, 1000):
         log.append("large", model_run, drawn[start : start + 1000])
+    window = (None, time.time())
+
+    from_sqlite, sqlite_s = timed_window(model_run, log.path, window, "SQLite log")
+    monitor_flow(model_run, datastore, log.path)  # before shipping: shipped rows leave the log
+    started = time.perf_counter()
+    sink = Sink(folder / "sink")
+    shipped = ship(log, sink)
+    print(
+        f"shipped {shipped:,} rows to {len(sink.keys())} Parquet objects in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+    from_parquet, parquet_s = timed_window(model_run, sink.location, window, "Parquet folder")
+    monitor_flow(model_run, datastore, sink.location)
+    sqlite_order = from_sqlite.sort_values(ORDER, kind="stable", ignore_index=True)
+    pd.testing.assert_frame_equal(from_parquet, sqlite_order, check_exact=True)
+    print(
+        f"Parquet against SQLite, the same {len(from_parquet):,} rows: reading "
+        f"{sqlite_s[0] / parquet_s[0]:.1f}x faster, reading and testing "
+        f"{sqlite_s[1] / parquet_s[1]:.1f}x faster"
+    )
+
+
+def timed_window(
+    model_run: str, log: Path | str, window: tuple, source: str
+) -> tuple[pd.DataFrame, tuple[float, float]]:
+    """Read the window of `log` and test it as MonitorFlow's detect step does; prints and
+    returns the rows and the seconds (reading, reading and testing)."""
+    from lib.drift import detect_drift
+    from lib.monitor import load_reference, read_window
 
     started = time.perf_counter()
-    window = (None, time.time())
-    rows = read_window(str(path), model_run, window)
+    rows, objects = read_window(str(log), model_run, window)
     read_s = time.perf_counter() - started
     _, report = detect_drift(load_reference(model_run), rows, window)
     total_s = time.perf_counter() - started
     print(
-        f"window of {len(rows):,} rows: read {read_s:.1f} s, test + report {total_s - read_s:.1f} s"
-        f", {total_s:.1f} s in all (report {len(report) / 1e6:.1f} MB)"
+        f"{source}, a window of {len(rows):,} rows in {len(objects)} object(s): read "
+        f"{read_s:.2f} s, test + report {total_s - read_s:.1f} s, {total_s:.1f} s in all "
+        f"(report {len(report) / 1e6:.1f} MB)"
     )
+    return rows, (read_s, total_s)
+
+
+def monitor_flow(model_run: str, datastore: Path, log: Path | str) -> None:
+    """`MonitorFlow run` over the last day of `log` (all of it), timed."""
+    from metaflow import Runner
 
     started = time.perf_counter()
     with Runner(str(MONITOR_FLOW), show_output=False, cwd=datastore) as runner:
-        result = runner.run(model_run=model_run, log=str(path), window_hours=24.0)
+        # No settling: every row was shipped before the run started.
+        result = runner.run(
+            model_run=model_run, log=str(log), window_hours=24.0, settle_minutes=0.0
+        )
         assert result.status == "successful", result.stderr[-3000:]
     wall_s = time.perf_counter() - started
     task = result.run["detect"].task
     detect_s = (task.finished_at - task.created_at).total_seconds()
     print(
-        f"MonitorFlow run over it: {wall_s:.1f} s wall, detect step {detect_s:.1f} s "
+        f"  MonitorFlow run over it: {wall_s:.1f} s wall, detect step {detect_s:.1f} s "
         f"({result.run.data.drift['n_current']:,} rows)"
     )
 
