@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from google.api_core.exceptions import RetryError, ServiceUnavailable
 from google.cloud.storage.retry import DEFAULT_RETRY
-from helpers import ROOT, flaky, locked
+from helpers import ROOT, FlakyProxy, flaky, locked
 from prometheus_client import REGISTRY
 
 from lib.predlog import PredictionLog
@@ -60,6 +60,27 @@ def read_sink(sink: Sink, prefix: str = "") -> pd.DataFrame:
     keys = sink.keys(prefix)
     tables = [pq.read_table(pa.BufferReader(sink.get(key))) for key in keys]
     return pa.concat_tables(tables, promote_options="default").to_pandas()
+
+
+def ship_until_uploads_fail(log: PredictionLog, monkeypatch, after_objects: int) -> FlakyProxy:
+    """Ship to gs://facet/log through a FlakyProxy that fails every upload, past the retry,
+    once `after_objects` objects are stored; the shipment must raise. Returns the proxy."""
+    put, stored = Sink.put, []
+
+    def network_fails_after_some_objects(sink, key, data):
+        put(sink, key, data)
+        stored.append(key)
+        if len(stored) == after_objects:
+            proxy.remaining = 1_000_000
+
+    with (
+        flaky(monkeypatch, failures=0, failing="uploadType=") as proxy,
+        monkeypatch.context() as patch,
+    ):
+        patch.setattr(Sink, "put", network_fails_after_some_objects)
+        with pytest.raises((RetryError, ServiceUnavailable)):
+            ship(log, Sink("gs://facet/log", retry=SHORT_RETRY))
+    return proxy
 
 
 def assert_once(
@@ -125,21 +146,7 @@ def test_feedback_failing_part_way_is_shipped_again_without_loss_or_duplicates(
     log = PredictionLog(tmp_path / "log.db", replica="pod-a")
     fill(log, 9)
     label(log, 9)
-    put, puts = Sink.put, []
-
-    def network_fails_after_four_objects(sink, key, data):
-        put(sink, key, data)
-        puts.append(key)
-        if len(puts) == 4:
-            proxy.remaining = 1_000_000
-
-    with (
-        flaky(monkeypatch, failures=0, failing="uploadType=") as proxy,
-        monkeypatch.context() as patch,
-    ):
-        patch.setattr(Sink, "put", network_fails_after_four_objects)
-        with pytest.raises((RetryError, ServiceUnavailable)):
-            ship(log, Sink("gs://facet/log", retry=SHORT_RETRY))
+    ship_until_uploads_fail(log, monkeypatch, after_objects=4)
     sink = Sink("gs://facet/log")
     first_try = sink.keys("_feedback/")
     assert len(first_try) == 1 and len(sink.keys()) == 4
@@ -165,19 +172,7 @@ def test_an_upload_failing_part_way_is_shipped_again_without_loss_or_duplicates(
     three keys (the stored one with the same bytes), then the rows that arrived meanwhile."""
     log = PredictionLog(tmp_path / "log.db", replica="pod-a")
     fill(log, 9)
-    put = Sink.put
-
-    def network_fails_after_one_object(sink, key, data):
-        put(sink, key, data)
-        proxy.remaining = 1_000_000
-
-    with (
-        flaky(monkeypatch, failures=0, failing="uploadType=") as proxy,
-        monkeypatch.context() as patch,
-    ):
-        patch.setattr(Sink, "put", network_fails_after_one_object)
-        with pytest.raises((RetryError, ServiceUnavailable)):
-            ship(log, Sink("gs://facet/log", retry=SHORT_RETRY))
+    proxy = ship_until_uploads_fail(log, monkeypatch, after_objects=1)
     assert proxy.failed > 1  # retried, then given up
     sink = Sink("gs://facet/log")
     first_try = sink.keys()
