@@ -1,6 +1,8 @@
 """Resolve the config's `data` to a CelebA folder on this machine: a local folder is used in
 place, a gs:// URI is mirrored under the cache root (later runs download only what changed),
-and "synthetic" generates the embedded default dataset once, keyed by its spec."""
+and "synthetic" generates the embedded default dataset once, keyed by its whole spec (size,
+seed, rates, shifts, faint option), and named by the address synthetic://?n=&seed=, with
+&faint=ATTRIBUTE,GROUP,VISIBILITY when an attribute is drawn faint."""
 
 from __future__ import annotations
 
@@ -57,6 +59,8 @@ def _source_folder(data: str) -> Folder:
 
 
 def _synthetic_source(synthetic_spec: dict[str, Any] | None) -> tuple[str, Path]:
+    """(address, cache folder) of the generated dataset, generated on first use. The folder
+    is named by a hash of the whole spec, so a faint option of its own is another dataset."""
     spec = synthetic.make_spec(**(synthetic_spec or {}))
     key = hashlib.sha256(json.dumps(spec.__dict__, sort_keys=True).encode()).hexdigest()[:16]
     root = cache_root() / "synthetic" / key
@@ -64,4 +68,11 @@ def _synthetic_source(synthetic_spec: dict[str, Any] | None) -> tuple[str, Path]
         shutil.rmtree(root, ignore_errors=True)
         synthetic.generate(root, spec)
         (root / "DONE").touch()
-    return f"synthetic://?n={spec.n}&seed={spec.seed}", root
+    return _synthetic_address(spec), root
+
+
+def _synthetic_address(spec: synthetic.Spec) -> str:
+    """The source the dataset artifact names: its size and seed, and its faint option as
+    lib.synthetic's --faint takes it."""
+    address = f"synthetic://?n={spec.n}&seed={spec.seed}"
+    return address if spec.faint is None else f"{address}&faint={','.join(map(str, spec.faint))}"

@@ -209,6 +209,25 @@ def test_synthetic_source_is_generated_once(tmp_path):
     assert (root / "list_attr_celeba.txt").stat().st_mtime_ns == stamp
 
 
+def test_another_faint_option_is_another_dataset(tmp_path):
+    """The same faces with an attribute drawn faint, or drawn fainter, are generated to a
+    folder of their own, named by their own address, and fingerprinted apart."""
+    faint = {"attribute": "Wearing_Lipstick", "group": "Young", "visibility": 0.3}
+    specs = [
+        {"n": 20, "seed": 5},
+        {"n": 20, "seed": 5, "faint": faint},
+        {"n": 20, "seed": 5, "faint": {**faint, "visibility": 0.6}},
+    ]
+    sources = [resolve_source("synthetic", spec) for spec in specs]
+    uris, roots = zip(*sources, strict=True)
+    assert uris[1] == "synthetic://?n=20&seed=5&faint=Wearing_Lipstick,Young,0.3"
+    assert len(set(uris)) == len(set(roots)) == 3
+    fingerprints = {plan(uri, root, image_size=24).fingerprint for uri, root in sources}
+    assert len(fingerprints) == 3
+    off = {"n": 20, "seed": 5, "faint": {**faint, "attribute": None}}
+    assert resolve_source("synthetic", off) == sources[0]
+
+
 @pytest.mark.parametrize("layout", ["zip", "kaggle"])
 def test_every_layout_prepares_to_the_same_arrays(tmp_path, layout, monkeypatch):
     spec = synthetic.make_spec(30, seed=2)
