@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from metaflow.exception import MetaflowException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "flows" / "configs"
 DEFAULT = CONFIGS / "default.json"
@@ -143,6 +150,17 @@ class EvaluateConfig(Section):
     slices: list[str] = Field(
         ["Male", "Young"], description="attributes whose groups the test metrics are compared by"
     )
+
+    @field_validator("slices")
+    @classmethod
+    def _celeba_attributes(cls, slices: list[str]) -> list[str]:
+        from lib.synthetic import ATTRIBUTES  # CelebA's 40, in order: numpy only when checked
+
+        unknown = [name for name in slices if name not in ATTRIBUTES]
+        if unknown:
+            names = ", ".join(ATTRIBUTES)
+            raise ValueError(f"{unknown} not among CelebA's 40 attributes: {names}")
+        return slices
 
 
 class Resources(Section):

@@ -9,6 +9,7 @@ import pytest
 from helpers import FLOW, ROOT
 
 from lib.config import CONFIGS, ConfigError, RunConfig, keys, load, markdown_table, parse
+from lib.synthetic import ATTRIBUTES
 
 
 def test_defaults_are_the_embedded_default_run():
@@ -58,6 +59,17 @@ def test_a_mistake_names_the_key_and_the_nearest_valid_name(overrides, message):
     with pytest.raises(ConfigError) as error:
         parse(json.dumps(overrides))
     assert message in str(error.value)
+
+
+def test_slices_are_celeba_attributes():
+    """A slice that is not one of the 40 attributes stops the config, naming it and them."""
+    with pytest.raises(ConfigError) as error:
+        parse(json.dumps({"evaluate": {"slices": ["Male", "young", "Age"]}}))
+    message = str(error.value)
+    assert "evaluate.slices" in message and "['young', 'Age'] not among" in message
+    assert all(name in message for name in ATTRIBUTES)
+    every = parse(json.dumps({"evaluate": {"slices": ATTRIBUTES}}))
+    assert every["evaluate"]["slices"] == ATTRIBUTES
 
 
 def test_every_problem_is_listed_at_once():
