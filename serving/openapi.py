@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
+from lib.calibration import METHODS
 from serving.auth import METRICS, OPEN
 from serving.errors import ERRORS, markdown_table
 
@@ -86,7 +87,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     },
     "Probabilities": {
         "type": "object",
-        "description": "each attribute's probability, in the model's order",
+        "description": "each attribute's calibrated probability, in the model's order: the "
+        "model's output through the run's calibration (see Model), so that 0.9 means present "
+        "about nine times in ten; uncalibrated for a run made before runs stored one",
         "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1},
     },
     "Model": {
@@ -103,6 +106,20 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "thresholds": {
                 **ref("Probabilities"),
                 "description": "each attribute's tuned threshold: present at or above it",
+            },
+            "calibration": {
+                "type": ["object", "null"],
+                "description": "the map from the model's probabilities to the calibrated ones "
+                "it answers with, fitted on the validation split (lib.calibration): per "
+                "attribute, in the order of `attributes`, sigmoid(slope * logit(p) + "
+                "intercept); `none` is the identity. null for a run made before runs stored "
+                "one: its probabilities are answered as the model gives them",
+                "required": ["method"],
+                "properties": {
+                    "method": {"enum": list(METHODS)},
+                    "slope": {"type": "array", "items": {"type": "number"}},
+                    "intercept": {"type": "array", "items": {"type": "number"}},
+                },
             },
         },
     },

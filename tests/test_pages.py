@@ -7,6 +7,7 @@ import io
 import json
 import re
 from html.parser import HTMLParser
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 from PIL import Image
 from werkzeug import Request
 
+from lib.calibration import METHODS
 from serving import create_app, openapi
 
 # serving.api (torch, transformers) imported before any flow runs: once Metaflow's Runner has
@@ -29,6 +31,7 @@ from serving.errors import ERRORS, markdown_table
 PAGE_WEIGHT_LIMIT = 200_000
 ANY_URL = re.compile(rb"https?://")
 KEY = "page-test-key-0123456789"
+SERVED = "TrainFlow/1"
 # Codes no request can be made to produce: Werkzeug's parse failure (its parser is lenient
 # with whatever the test client can send) and a failure of the server itself.
 UNPRODUCIBLE = {"bad_request", "internal_error"}
@@ -236,6 +239,7 @@ def test_good_answers_match_the_description(served, spec, smoke_run):
         assert_documented(spec, response)
     model = served.get("/model").get_json()
     assert model["thresholds"] == smoke_run.data.thresholds
+    assert model["calibration"] == smoke_run.data.calibration
 
 
 @pytest.mark.flow
@@ -278,6 +282,34 @@ def test_every_error_code_is_answered_and_matches_the_description(served, keyed,
     report = served.get("/monitoring/runs/1/report")
     assert report.get_json()["error"]["code"] == "no_drift_report"
     assert_documented(spec, report)
+
+
+@pytest.mark.parametrize(
+    "calibration",
+    [
+        None,  # a run made before runs stored a calibrator
+        {"method": "none"},
+        {"method": "platt", "slope": [1.3, 0.8], "intercept": [-0.2, 0.1]},
+        {"method": "isotonic"},  # not one of lib.calibration.METHODS: refused
+    ],
+)
+def test_the_model_facts_name_the_calibrator_or_null(tmp_path, spec, calibration):
+    app = make_app(tmp_path)
+    info = {"run": SERVED, "thresholds": {"Eyeglasses": 0.4, "Smiling": 0.5}}
+    app.extensions["facet.model"].predictor = SimpleNamespace(
+        name=SERVED,
+        precision="fp32",
+        preprocessing=SimpleNamespace(image_size=64),
+        attributes=["Eyeglasses", "Smiling"],
+        info={**info, "calibration": calibration},
+    )
+    response = app.test_client().get("/model")
+    assert response.get_json()["calibration"] == calibration
+    if calibration is None or calibration["method"] in METHODS:
+        assert_documented(spec, response)
+    else:
+        with pytest.raises(InvalidData):
+            assert_documented(spec, response)
 
 
 def test_a_document_that_disagrees_with_the_service_is_caught(client, spec):
