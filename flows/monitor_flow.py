@@ -102,7 +102,7 @@ class MonitorFlow(FlowSpec):
         from lib.monitor import history_with
 
         pathspec = f"{current.flow_name}/{current.run_id}"
-        runs = history_with(pathspec, self.model_run, self.drift)
+        runs = history_with(pathspec, self.model_run, self.drift, self.performance)
         current.card.extend(history_card(self.model_run, runs))
         raise_alarm(pathspec, self.model_run, self.drift, self.performance)
 

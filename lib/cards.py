@@ -30,7 +30,14 @@ _WINDOW_END = {
     "scale": {"type": "utc"},
     "axis": {"format": "%Y-%m-%d %H:%M"},
 }
-HISTORY_HEADERS = ("run", "window", "verdict", "rows", "most drifted columns (p-value)")
+HISTORY_HEADERS = (
+    "run",
+    "window",
+    "verdict",
+    "rows",
+    "most drifted columns (p-value)",
+    "estimated / realised accuracy",
+)
 
 
 def _vega_lite(title: str, width: int, height: int, **spec: Any) -> dict[str, Any]:
@@ -381,8 +388,23 @@ def history_row(run: dict[str, Any]) -> dict[str, str]:
         VERDICTS[run["drift_detected"]],
         str(run["n_current"]),
         columns or "-",
+        _accuracy_cell(run["performance"]),
     )
     return dict(zip(HISTORY_HEADERS, cells, strict=True))
+
+
+def _accuracy_cell(performance: dict[str, Any] | None) -> str:
+    """A run's estimated and realised mean accuracy, "-" where it has none (no rows, no
+    feedback, or a run made before runs measured accuracy), and its accuracy alerts."""
+    if performance is None:
+        return "-"
+    estimated, realised = (
+        "-" if value is None else f"{value:.3f}"
+        for value in (performance["estimated_mean_accuracy"], performance["realised_mean_accuracy"])
+    )
+    labelled = f" ({performance['n_labelled']} labelled)" if performance["n_labelled"] else ""
+    alerts = len(performance["alerts"])
+    return f"{estimated} / {realised}{labelled}" + (f", {alerts} alert(s)" if alerts else "")
 
 
 def history_charts(history: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

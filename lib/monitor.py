@@ -17,6 +17,7 @@ import pandas as pd
 from metaflow import Run, namespace
 
 from lib import sink
+from lib.alerts import ACCURACY_FIELDS
 from lib.drift import Reference, Window
 from lib.features import IMAGE_FEATURES, embedding_columns, probability_columns
 from lib.performance import Expected, measure
@@ -64,24 +65,32 @@ def history(model_run: str) -> list[dict[str, Any]]:
     return [run_summary(run.pathspec) for run in runs]
 
 
-def history_with(pathspec: str, model_run: str, drift: dict[str, Any]) -> list[dict[str, Any]]:
+def history_with(
+    pathspec: str, model_run: str, drift: dict[str, Any], performance: dict[str, Any]
+) -> list[dict[str, Any]]:
     """The history with a run that is not successful yet on top: MonitorFlow's end step adds
     its own."""
-    return [summarise_run(pathspec, model_run, drift), *history(model_run)[: HISTORY_RUNS - 1]]
+    newest = summarise_run(pathspec, model_run, drift, performance)
+    return [newest, *history(model_run)[: HISTORY_RUNS - 1]]
 
 
 @functools.lru_cache(maxsize=4096)
 def run_summary(pathspec: str) -> dict[str, Any]:
     """A finished MonitorFlow run's summarise_run, read from the datastore once per process
-    (its `model_run` and `drift`; never the report). Callers share the dict: read it only."""
+    (its `model_run`, `drift` and `performance`, which runs made before it lack; never the
+    report). Callers share the dict: read it only."""
     namespace(None)
     data = Run(pathspec).data
-    return summarise_run(pathspec, data.model_run, data.drift)
+    return summarise_run(pathspec, data.model_run, data.drift, getattr(data, "performance", None))
 
 
-def summarise_run(pathspec: str, model_run: str, drift: dict[str, Any]) -> dict[str, Any]:
+def summarise_run(
+    pathspec: str, model_run: str, drift: dict[str, Any], performance: dict[str, Any] | None
+) -> dict[str, Any]:
     """One run of the history: its window, verdict (drift_detected: True, False, or None
-    without enough rows), rows tested and its TOP_COLUMNS most drifted columns, most first."""
+    without enough rows), rows tested, its TOP_COLUMNS most drifted columns, most first, and
+    its accuracy (performance's summary as the webhook gets it, lib.alerts.ACCURACY_FIELDS;
+    None for a run made before runs measured it)."""
     ranked = sorted(drift["columns"].items(), key=lambda item: item[1]["score"])
     return {
         "pathspec": pathspec,
@@ -96,6 +105,7 @@ def summarise_run(pathspec: str, model_run: str, drift: dict[str, Any]) -> dict[
             for name, c in ranked[:TOP_COLUMNS]
         ],
         "message": drift["message"],
+        "performance": performance and {key: performance[key] for key in ACCURACY_FIELDS},
     }
 
 

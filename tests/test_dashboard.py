@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 import lib.monitor
+from lib.alerts import ACCURACY_FIELDS
 from lib.monitor import TOP_COLUMNS
 from serving import create_app
 from serving.api import REPORT_HEADERS
@@ -30,6 +31,23 @@ def drift(verdict: bool | None, rows: int, hour: int) -> dict:
     }
 
 
+def performance(estimated: float, realised: float | None, labelled: int, alerts: int) -> dict:
+    """A MonitorFlow `performance` artifact (lib.performance.measure): the summary and a
+    per-attribute table, which the history leaves out."""
+    return {
+        "n_rows": 150,
+        "estimated_mean_accuracy": estimated,
+        "estimated_mean_accuracy_ci": [estimated - 0.02, estimated + 0.02],
+        "realised_mean_accuracy": realised,
+        "n_labelled": labelled,
+        "test_mean_accuracy": 0.9,
+        "accuracy_margin": 0.05,
+        "alerts": [f"alert {i}" for i in range(alerts)],
+        "per_attribute": {"Smiling": {"estimated_accuracy": estimated}},
+        "message": "…",
+    }
+
+
 def stand_in_column(i: int) -> dict:
     return {"score": 10.0**-i, "threshold": 2e-4, "drifted": i > 3, "method": "cramer_von_mises"}
 
@@ -37,22 +55,32 @@ def stand_in_column(i: int) -> dict:
 class FinishedMonitorRun:
     """A finished run in the datastore: its pathspec, whether it succeeded and its artifacts."""
 
-    def __init__(self, model_run: str, drift: dict, successful: bool = True):
+    def __init__(
+        self, model_run: str, drift: dict, successful: bool = True, performance: dict | None = None
+    ):
         self.pathspec = f"MonitorFlow/{uuid.uuid4().hex}"  # new to the process's caches
         self.id = self.pathspec.rsplit("/", 1)[-1]
         self.successful = successful
         report = None if drift["drift_detected"] is None else f"<html>{self.id}</html>"
         self.data = SimpleNamespace(model_run=model_run, drift=drift, report_html=report)
+        if performance is not None:  # a run made before runs measured accuracy has none
+            self.data.performance = performance
 
 
 @pytest.fixture
 def runs(monkeypatch) -> list[FinishedMonitorRun]:
-    """Newest first: three runs of the served model between a failed one and another model's."""
+    """Newest first: three runs of the served model between a failed one and another model's;
+    the newest with feedback and an accuracy alert, the next with none, the oldest made
+    before runs measured accuracy."""
     runs = [
         FinishedMonitorRun(SERVED, drift(True, 150, 4), successful=False),
-        FinishedMonitorRun(SERVED, drift(True, 150, 3)),
+        FinishedMonitorRun(
+            SERVED, drift(True, 150, 3), performance=performance(0.8123, 0.75, 40, alerts=1)
+        ),
         FinishedMonitorRun(OTHER, drift(False, 300, 2)),
-        FinishedMonitorRun(SERVED, drift(False, 200, 1)),
+        FinishedMonitorRun(
+            SERVED, drift(False, 200, 1), performance=performance(0.9051, None, 0, alerts=0)
+        ),
         FinishedMonitorRun(SERVED, drift(None, 10, 0)),
     ]
     by_pathspec = {run.pathspec: run for run in runs}
@@ -77,7 +105,7 @@ def test_history_lists_the_served_models_successful_runs_newest_first(client, ru
     listed = client.get("/monitoring/history").get_json()
     assert listed["model"] == SERVED
     assert [run["pathspec"] for run in listed["runs"]] == [runs[i].pathspec for i in (1, 3, 4)]
-    newest, _, oldest = listed["runs"]
+    newest, middle, oldest = listed["runs"]
     assert (newest["drift_detected"], newest["n_current"], newest["run_id"]) == (
         True,
         150,
@@ -91,6 +119,10 @@ def test_history_lists_the_served_models_successful_runs_newest_first(client, ru
         None,
         [],
     )
+    for listed_run, run in ((newest, runs[1]), (middle, runs[3])):
+        measured = run.data.performance
+        assert listed_run["performance"] == {key: measured[key] for key in ACCURACY_FIELDS}
+    assert oldest["performance"] is None
 
 
 def test_a_runs_report_is_served_for_the_served_model_only(client, runs):
@@ -117,6 +149,12 @@ def test_the_page_draws_from_local_scripts_only(client, runs):
     assert 'id="chart-verdicts"' in page and 'id="chart-scores"' in page
     assert page.count('<tr class="run"') == 3 and runs[2].pathspec not in page
     assert page.count('/report">report</a>') == 2  # the run without a verdict has no report
+    assert "<th>estimated / realised accuracy</th>" in page
+    # Estimated / realised mean accuracy: with feedback and an alert, without feedback, and a
+    # run made before runs measured accuracy.
+    rows = re.findall(r'<tr class="run".*?</tr>', page, re.DOTALL)
+    accuracy = [re.findall(r"<td>(.*?)</td>", row)[-2] for row in rows]
+    assert accuracy == ["0.812 / 0.750 (40 labelled), 1 alert(s)", "0.905 / -", "-"]
     assets = re.findall(r'(?:src|href)="([^"]+)"', page)
     assert assets and all(asset.startswith("/") for asset in assets), assets
     for asset in assets:

@@ -19,7 +19,7 @@ from metaflow.cards import get_cards
 from test_flow import card_text
 
 from lib import celeba, synthetic
-from lib.alerts import ACCURACY_TAG, DRIFT_TAG
+from lib.alerts import ACCURACY_FIELDS, ACCURACY_TAG, DRIFT_TAG
 from lib.drift import INSUFFICIENT, drifted_columns
 from lib.monitor import TOP_COLUMNS, history, load_expected
 from lib.performance import estimate
@@ -211,6 +211,12 @@ def test_a_run_estimates_accuracy_and_measures_it_where_feedback_labelled(
     [alert] = webhook
     assert alert["alarms"] == [ACCURACY_TAG] and alert["monitor_run"] == again.pathspec
     assert alert["accuracy"]["significant_drops"] == ["Eyeglasses"]
+    assert_history_lists(model_run, [again, run])
+    page = service.test_client().get("/monitoring").get_data(as_text=True)
+    for monitored, alerts in ((run, ""), (again, ", 1 alert(s)")):
+        means = monitored.data.performance
+        cell = f"{means['estimated_mean_accuracy']:.3f} / {means['realised_mean_accuracy']:.3f}"
+        assert f"<td>{cell} (120 labelled){alerts}</td>" in page
 
 
 def send_feedback(app, images: list[tuple], labels: list[dict[str, int]]) -> None:
@@ -223,7 +229,8 @@ def send_feedback(app, images: list[tuple], labels: list[dict[str, int]]) -> Non
 
 
 def assert_history_lists(model_run: str, newest_first: list) -> None:
-    """history() names each run with its window, verdict, rows and most drifted columns."""
+    """history() names each run with its window, verdict, rows, most drifted columns and
+    accuracy."""
     runs = history(model_run)
     assert [run["pathspec"] for run in runs] == [run.pathspec for run in newest_first]
     for listed, run in zip(runs, newest_first, strict=True):
@@ -235,6 +242,8 @@ def assert_history_lists(model_run: str, newest_first: list) -> None:
         assert all(
             drift["columns"][c["column"]]["score"] == c["score"] for c in listed["top_columns"]
         )
+        performance = run.data.performance
+        assert listed["performance"] == {key: performance[key] for key in ACCURACY_FIELDS}
 
 
 def assert_dashboard_serves(client, model_run: str, newest_first: list) -> None:
