@@ -1,10 +1,16 @@
-"""How fast does the service answer? gunicorn + serving/ against a naive server built like
-the predecessor's (bench/naive_server.py), side by side in one run.
+"""How fast does the service answer? gunicorn + serving/ against two servers built like the
+predecessor's (FastAPI + uvicorn, and Flask), side by side in one run, and against the
+machine's own measured peak.
 
-    python bench/serve_bench.py                                  # both models, about 7 minutes
+    python bench/serve_bench.py                                  # both models, about 9 minutes
     python bench/serve_bench.py --models tiny --duration 4       # a quick look
     python bench/serve_bench.py --model-run TrainFlow/1234 --precision vitb=int8
     python bench/serve_bench.py --workers 1 --threads 4          # other gunicorn settings
+
+First the machine: the CPU's model and its matrix-multiply extensions (avx2, avx512f,
+avx512_vnni / avx_vnni, amx_tile, ...: read from /proc/cpuinfo) and the peak it reaches with
+all cores, timed here: fp32 GFLOP/s of a 2048x2048 torch.mm, and int8 GOP/s of a dynamically
+quantised 2048x2048 nn.Linear at batch 2048 (what PRECISION=int8 runs), counting 2*M*N*K.
 
 Two models: `tiny`, a trained TrainFlow run (the champion unless --model-run) exported with
 lib.export, and `vitb`, a ViT-B/16-sized model (224 px, 86M parameters) with random weights
@@ -14,17 +20,26 @@ in the same folder format. For each:
    the torch threads one gunicorn worker gets; for the trained model also the test split's
    mean accuracy in each precision (the run's thresholds) and the share of decisions changed.
 2. Servers, one at a time: ours = gunicorn with serving/gunicorn.conf.py as production runs
-   it (MODEL_DIR, WEB_CONCURRENCY=2), at whichever of fp32 and bf16 was faster at batch 1
-   (int8 changes answers, so only --precision makes it the choice); ours again in int8; and
-   naive (fp32, one process, Flask's threaded development server).
-3. Load: client threads POST real JPEGs (lib.synthetic) as image/jpeg, one per request, each
-   on a fresh connection (as nginx talks to its upstreams by default; --keep-alive for
-   persistent ones), closed loop at concurrency 1, 4 and 16 for --duration seconds after a
-   warm-up. Printed: requests/s, p50 / p95 / p99 latency, errors, the server's CPU time per
-   request (all its processes, from /proc), and ours / naive for throughput and p99.
+   it (MODEL_DIR; workers, threads and TORCH_THREADS are production's defaults,
+   lib.settings.ServingSettings, unless --workers / --threads / --torch-threads; the layout
+   used is printed), at whichever of fp32 and bf16 was faster at batch 1 (int8 changes
+   answers, so only --precision makes it the choice); ours again in int8; fastapi
+   (bench/fastapi_server.py: FastAPI + uvicorn, one process, a plain `def` endpoint run in
+   FastAPI's threadpool); and naive (bench/naive_server.py: Flask's threaded development
+   server, one process). Both baselines: an HF image processor and a model call per request,
+   fp32, torch's default threads (bench/baseline.py).
+3. Load: a client process, started per cell, whose threads POST real JPEGs (lib.synthetic) as
+   image/jpeg, one per request, each on a fresh connection (as nginx talks to its upstreams
+   by default; --keep-alive for persistent ones), closed loop at concurrency 1, 4 and 16 for
+   --duration seconds after a warm-up. Printed: requests/s, p50 / p95 / p99 latency, errors,
+   the server's CPU time per request (all its processes, from /proc) and the client's; ours /
+   fastapi and ours / naive for throughput and p99 at each concurrency.
+4. Share of the peak: images/s x the model's FLOPs per image (counted from its config:
+   patch embedding, attention and MLP matmuls of every layer, the head) over the measured
+   peak, fp32 and int8: in process at batch 1 and 8, and served at each concurrency.
 
-The clients share the cores with the servers, and so does anything else running: req/s and
-latency move with the machine's load (printed at start and end), CPU ms per request much less.
+The client and anything else running share the cores with the servers: req/s, latency and the
+peak move with the machine's load (printed at start and end), CPU ms per request much less.
 Nothing here asserts a time.
 """
 
@@ -34,7 +49,9 @@ import argparse
 import contextlib
 import http.client
 import json
+import multiprocessing
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -43,9 +60,11 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -53,7 +72,7 @@ import torch
 from lib import synthetic
 from lib.evaluate import summarize
 from lib.features import Projection
-from lib.inference import PRECISIONS, Predictor
+from lib.inference import PRECISIONS, Predictor, quantize_int8
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,6 +87,10 @@ VIT_BASE = {
     "intermediate_size": 3072,
 }
 READY_TIMEOUT = 300.0
+BASELINES = ("fastapi", "naive")  # bench/<name>_server.py, fp32
+# The extensions a CPU's matrix multiplies run on, as /proc/cpuinfo names them.
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8")
+PEAK_SIZE = 2048  # the peak's square matrices
 
 
 @dataclass
@@ -78,7 +101,8 @@ class Cell:
     errors: int
     seconds: float
     total: int  # requests made, warm-up included
-    cpu_ms: float = np.nan  # the server's CPU time (all its processes) per answered request
+    client_ms: float  # the client process's CPU time per request made
+    cpu_ms: float = np.nan  # the server's CPU time (all its processes) per request made
 
     @property
     def rps(self) -> float:
@@ -86,6 +110,89 @@ class Cell:
 
     def ms(self, q: float) -> float:
         return float(np.percentile(self.latencies, q) * 1000) if len(self.latencies) else np.nan
+
+
+class Layout(NamedTuple):
+    """How ours runs: gunicorn workers, threads per worker, torch threads per worker."""
+
+    workers: int
+    threads: int
+    torch_threads: int
+
+
+@dataclass
+class Served:
+    """One server's cells."""
+
+    server: str  # ours, or one of BASELINES
+    precision: str
+    cells: dict[int, Cell]
+
+    @property
+    def name(self) -> str:
+        return f"{self.server} {self.precision}"
+
+
+# --- the machine -------------------------------------------------------------------------
+
+
+def cpu_description() -> str:
+    """The CPU's model, which of CPU_FLAGS it has, and the kernels torch picked."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"^model name\s*:\s*(.*)$", info, re.M)
+    flags = re.search(r"^flags\s*:\s*(.*)$", info, re.M)
+    present = set(flags.group(1).split()) if flags else set()
+    has = [flag for flag in CPU_FLAGS if flag in present]
+    lacks = [flag for flag in CPU_FLAGS if flag not in present]
+    return (
+        f"CPU {model.group(1) if model else 'unknown'}: has {', '.join(has) or 'none of them'};"
+        f" lacks {', '.join(lacks) or 'none'}; torch kernels "
+        f"{torch.backends.cpu.get_cpu_capability()}"
+    )
+
+
+def rate(step: Callable[[], object], amount: float, seconds: float) -> float:
+    """`amount` per second of `step`, repeated for at least `seconds` after a warm-up call."""
+    step()
+    calls, start = 0, time.perf_counter()
+    while calls < 2 or time.perf_counter() - start < seconds:
+        step()
+        calls += 1
+    return calls * amount / (time.perf_counter() - start)
+
+
+def measured_peak(seconds: float = 2.0) -> dict[str, float]:
+    """{precision: operations/s} of a large matrix multiply on all cores: fp32 torch.mm, and
+    int8 a dynamically quantised nn.Linear (lib.inference.quantize_int8, as PRECISION=int8
+    serves) at batch PEAK_SIZE; 2 * M * N * K operations per call."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        a, b = torch.randn(PEAK_SIZE, PEAK_SIZE), torch.randn(PEAK_SIZE, PEAK_SIZE)
+        linear = quantize_int8(torch.nn.Linear(PEAK_SIZE, PEAK_SIZE, bias=False))
+        ops = 2.0 * PEAK_SIZE**3
+        with torch.no_grad():
+            return {
+                "fp32": rate(lambda: torch.mm(a, b), ops, seconds),
+                "int8": rate(lambda: linear(a), ops, seconds),
+            }
+    finally:
+        torch.set_num_threads(threads)
+
+
+def flops_per_image(folder: Path) -> float:
+    """Two operations per multiply-add of one image through the exported ViT: the patch
+    embedding; per layer the query, key, value and output projections, the attention scores
+    and their weighted sum, the MLP; the head. Norms, softmax and GELU are left out."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder)
+    patches = (config.image_size // config.patch_size) ** 2
+    tokens, hidden = patches + 1, config.hidden_size  # + [CLS]
+    embedding = patches * config.num_channels * config.patch_size**2 * hidden
+    layer = tokens * (4 * hidden**2 + 2 * hidden * config.intermediate_size)
+    layer += 2 * tokens**2 * hidden
+    return 2.0 * (embedding + config.num_hidden_layers * layer + hidden * config.num_labels)
 
 
 # --- the models -------------------------------------------------------------------------
@@ -140,14 +247,9 @@ def face_jpegs(out: Path, n: int = 64) -> list[bytes]:
 # --- in process: precision ---------------------------------------------------------------
 
 
-def images_per_second(predictor: Predictor, pixels: np.ndarray, seconds: float = 1.5) -> float:
-    """Predictor.predict on one batch, repeated for at least `seconds` after a warm-up."""
-    predictor.predict(pixels)
-    calls, start = 0, time.perf_counter()
-    while calls < 2 or time.perf_counter() - start < seconds:
-        predictor.predict(pixels)
-        calls += 1
-    return calls * len(pixels) / (time.perf_counter() - start)
+def images_per_second(predictor: Predictor, pixels: np.ndarray) -> float:
+    """Predictor.predict on one batch, for at least 1.5 s."""
+    return rate(lambda: predictor.predict(pixels), len(pixels), seconds=1.5)
 
 
 def precision_speeds(folder: Path, images: list[bytes]) -> dict[str, dict[int, float]]:
@@ -238,35 +340,56 @@ def server(
 
 
 Server = contextlib.AbstractContextManager[tuple[int, int]]
+# What --workers, --threads and --torch-threads set; production's defaults otherwise.
+LAYOUT = ("WEB_CONCURRENCY", "GUNICORN_THREADS", "TORCH_THREADS")
 
 
-def ours(folder: Path, precision: str, args: argparse.Namespace, tmp: Path) -> Server:
-    """The service as production runs it: gunicorn with serving/gunicorn.conf.py."""
+def ours_environment(
+    folder: Path, precision: str, args: argparse.Namespace, tmp: Path
+) -> dict[str, str]:
+    """The service's environment: MODEL_DIR, and the layout production's defaults give unless
+    --workers / --threads / --torch-threads set it."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("MODEL_RUN", "TORCH_THREADS")}
+    env = {k: v for k, v in os.environ.items() if k not in ("MODEL_RUN", *LAYOUT)}
+    given = (args.workers, args.threads, args.torch_threads)
+    env.update({name: str(value) for name, value in zip(LAYOUT, given, strict=True) if value})
     env.update(
         MODEL_DIR=str(folder),
         PRECISION=precision,
         PREDICTION_LOG=str(tmp / f"predictions-{port}.db"),
         HOST="127.0.0.1",
         PORT=str(port),
-        WEB_CONCURRENCY=str(args.workers),
-        GUNICORN_THREADS=str(args.threads),
         PROMETHEUS_MULTIPROC_DIR=str(tmp / f"metrics-{port}"),
     )
-    if args.torch_threads:  # else gunicorn.conf.py derives it from the cores
-        env["TORCH_THREADS"] = str(args.torch_threads)
+    return env
+
+
+def layout(env: dict[str, str]) -> Layout:
+    """The layout serving/gunicorn.conf.py gives in `env`: the file is run in a child as
+    gunicorn reads it, so the defaults and derivations printed are the ones measured."""
+    code = (
+        "import os, runpy; c = runpy.run_path('serving/gunicorn.conf.py'); "
+        "print(c['workers'], c['threads'], os.environ['TORCH_THREADS'])"
+    )
+    command = [sys.executable, "-c", code]
+    out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    return Layout(*map(int, out.stdout.split()))
+
+
+def ours(env: dict[str, str], tmp: Path) -> Server:
+    """The service as production runs it: gunicorn with serving/gunicorn.conf.py."""
     command = [sys.executable, "-m", "gunicorn", "--config", "serving/gunicorn.conf.py"]
+    port = int(env["PORT"])
     return server("gunicorn", command, env, port, tmp / f"gunicorn-{port}.log")
 
 
-def naive(folder: Path, tmp: Path) -> Server:
-    """bench/naive_server.py: one process, fp32, torch's default threads."""
+def baseline(name: str, folder: Path, tmp: Path) -> Server:
+    """bench/<name>_server.py: one process, fp32, torch's default threads."""
     port = free_port()
-    command = [sys.executable, str(ROOT / "bench" / "naive_server.py"), str(folder)]
+    command = [sys.executable, str(ROOT / "bench" / f"{name}_server.py"), str(folder)]
     command += ["--port", str(port)]
     env = {k: v for k, v in os.environ.items() if k != "TORCH_THREADS"}
-    return server("the naive server", command, env, port, tmp / f"naive-{port}.log")
+    return server(name, command, env, port, tmp / f"{name}-{port}.log")
 
 
 # --- load --------------------------------------------------------------------------------
@@ -296,12 +419,17 @@ def client(
     connection.close()
 
 
-def load(
-    port: int, images: list[bytes], concurrency: int, seconds: float, keep_alive: bool
-) -> Cell:
-    """Closed-loop load; requests started during the warm-up (a fifth of the time, at least
-    1 s) are dropped."""
-    warmup = max(1.0, seconds / 5)
+def clients(
+    port: int,
+    images: list[bytes],
+    concurrency: int,
+    warmup: float,
+    seconds: float,
+    keep_alive: bool,
+) -> tuple[float, list[tuple[float, float, bool]], float]:
+    """In the client process: `concurrency` client threads for warmup + seconds; the window's
+    start, every request's record, and this process's CPU seconds."""
+    cpu = time.process_time()
     begin = time.perf_counter() + warmup
     until = begin + seconds
     records: list[tuple[float, float, bool]] = []
@@ -313,9 +441,25 @@ def load(
         thread.start()
     for thread in threads:
         thread.join()
+    return begin, records, time.process_time() - cpu
+
+
+def load(
+    port: int, images: list[bytes], concurrency: int, seconds: float, keep_alive: bool
+) -> Cell:
+    """Closed-loop load from a process of its own (forked, so it starts at once), so that the
+    client's threads share a GIL with nothing else; requests started during the warm-up (a
+    fifth of the time, at least 1 s) are dropped."""
+    warmup = max(1.0, seconds / 5)
+    fork = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=1, mp_context=fork) as pool:
+        job = pool.submit(clients, port, images, concurrency, warmup, seconds, keep_alive)
+        begin, records, client_seconds = job.result()
     window = [(latency, ok) for start, latency, ok in records if start >= begin]
     latencies = np.array([latency for latency, ok in window if ok])
-    return Cell(latencies, sum(not ok for _, ok in window), seconds, len(records))
+    total = max(len(records), 1)
+    errors = sum(not ok for _, ok in window)
+    return Cell(latencies, errors, seconds, len(records), client_seconds * 1000 / total)
 
 
 def measure(
@@ -366,26 +510,60 @@ def print_accuracy(accuracy: dict[str, dict[str, float]] | str) -> None:
         print(f"  {precision:9} {row['mean_accuracy']:19.4f} {row['changed']:26.4%}")
 
 
-def print_cells(name: str, label: str, results: dict[str, dict[int, Cell]]) -> None:
-    print(f"\n{name}: HTTP /predict, one JPEG per request\n  {label}")
-    head = f"  {'server':10} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"
-    print(f"{head} {'errors':>6} {'CPU ms/req':>10}")
-    for server_name, cells in results.items():
-        for c, cell in cells.items():
+def print_cells(name: str, label: str, results: list[Served]) -> None:
+    print(f"\n{name}: HTTP /predict, one JPEG per request\n{label}")
+    head = f"  {'server':12} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"
+    print(f"{head} {'errors':>6} {'CPU ms/req':>10} {'client CPU ms/req':>17}")
+    for served in results:
+        for c, cell in served.cells.items():
             print(
-                f"  {server_name:10} {c:4d} {cell.rps:8.1f} {cell.ms(50):8.1f} {cell.ms(95):8.1f}"
-                f" {cell.ms(99):8.1f} {cell.errors:6d} {cell.cpu_ms:10.1f}"
+                f"  {served.name:12} {c:4d} {cell.rps:8.1f} {cell.ms(50):8.1f} {cell.ms(95):8.1f}"
+                f" {cell.ms(99):8.1f} {cell.errors:6d} {cell.cpu_ms:10.1f} {cell.client_ms:17.2f}"
             )
-    naive_cells = results["naive"]
-    for server_name, cells in results.items():
-        if server_name == "naive":
+
+
+def print_ratios(results: list[Served]) -> None:
+    """Each of ours against each baseline: throughput and p99 at each concurrency."""
+    baselines = [served for served in results if served.server in BASELINES]
+    for served in results:
+        if served.server in BASELINES:
             continue
         for c in CONCURRENCY:
-            a, b = cells[c], naive_cells[c]
-            throughput, p99 = a.rps / b.rps if b.rps else np.nan, a.ms(99) / b.ms(99)
-            print(
-                f"  {server_name} / naive at {c:2d}: throughput {throughput:5.2f}x, p99 {p99:5.2f}x"
+            a = served.cells[c]
+            versus = "   ".join(
+                f"/ {b.server}: throughput {ratio(a.rps, b.cells[c].rps):5.2f}x,"
+                f" p99 {ratio(a.ms(99), b.cells[c].ms(99)):5.2f}x"
+                for b in baselines
             )
+            print(f"  {served.name} at {c:2d}  {versus}")
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else np.nan
+
+
+def print_peak_share(
+    name: str,
+    flops: float,
+    peak: dict[str, float],
+    speeds: dict[str, dict[int, float]],
+    results: list[Served],
+) -> None:
+    """Images/s x FLOPs per image over the measured peak of the same precision."""
+    print(f"\n{name}: share of the measured peak, {flops / 1e9:.2f} GFLOP per image")
+    for precision in peak:
+        shares = [
+            f"in process batch {b} {speeds[precision][b] * flops / peak[precision]:6.1%}"
+            for b in (1, 8)
+        ]
+        print(f"  {precision:5} {', '.join(shares)}")
+        for served in results:
+            if served.precision == precision:
+                cells = ", ".join(
+                    f"conc {c} {cell.rps * flops / peak[precision]:6.1%}"
+                    for c, cell in served.cells.items()
+                )
+                print(f"  {precision:5} {served.name:12} served: {cells}")
 
 
 # --- main --------------------------------------------------------------------------------
@@ -399,34 +577,61 @@ def parse_precisions(text: str) -> dict[str, str]:
     return pairs
 
 
-def bench_model(name: str, args: argparse.Namespace, images: list[bytes], tmp: Path) -> None:
+def bench_model(
+    name: str, args: argparse.Namespace, images: list[bytes], peak: dict[str, float], tmp: Path
+) -> None:
     if name == "tiny":
         run, folder = export_trained(args.model_run, tmp / "tiny")
         title = f"tiny = {run}"
     else:
         run, folder = None, write_vit_base(tmp / "vitb")
         title = "vitb = ViT-B/16 size, random weights"
-    per_worker = max(1, (os.cpu_count() or 1) // (args.workers * args.threads))
-    torch_threads = args.torch_threads or per_worker  # what each gunicorn worker gets
-    torch.set_num_threads(torch_threads)
+    used = layout(ours_environment(folder, "fp32", args, tmp))
+    torch.set_num_threads(used.torch_threads)  # what each gunicorn worker gets
     speeds = precision_speeds(folder, images)
-    print_speeds(title, speeds, torch_threads)
+    print_speeds(title, speeds, used.torch_threads)
     if run is not None:
         print_accuracy(precision_accuracy(run, folder))
     chosen = args.precision.get(name) or max(("fp32", "bf16"), key=lambda p: speeds[p][1])
     seconds = args.duration or DURATION[name]
-    results = {}
+    results = serve_all(folder, chosen, args, images, seconds, tmp)
+    print_cells(title, describe(used, args, seconds), results)
+    print_ratios(results)
+    print_peak_share(title, flops_per_image(folder), peak, speeds, results)
+
+
+def serve_all(
+    folder: Path,
+    chosen: str,
+    args: argparse.Namespace,
+    images: list[bytes],
+    seconds: float,
+    tmp: Path,
+) -> list[Served]:
+    """Ours at the chosen precision and in int8, then each baseline: one at a time."""
+    results = []
     for precision in dict.fromkeys((chosen, "int8")):  # int8 beside the choice, once
-        serve = ours(folder, precision, args, tmp)
-        results[f"ours {precision}"] = measure(serve, images, seconds, args.keep_alive)
-    results["naive"] = measure(naive(folder, tmp), images, seconds, args.keep_alive)
-    label = (
-        f"ours = gunicorn, {args.workers} worker(s) x {args.threads} thread(s), "
-        f"TORCH_THREADS={torch_threads}; "
-        f"naive = Flask dev server, 1 process, fp32; {seconds:g} s per cell, "
-        + ("keep-alive connections" if args.keep_alive else "a connection per request")
+        serve = ours(ours_environment(folder, precision, args, tmp), tmp)
+        results.append(Served("ours", precision, measure(serve, images, seconds, args.keep_alive)))
+    for name in BASELINES:
+        serve = baseline(name, folder, tmp)
+        results.append(Served(name, "fp32", measure(serve, images, seconds, args.keep_alive)))
+    return results
+
+
+def describe(used: Layout, args: argparse.Namespace, seconds: float) -> str:
+    """The contenders and the load, for the table's head."""
+    given = any((args.workers, args.threads, args.torch_threads))
+    source = "as given" if given else "production's defaults"
+    connections = "keep-alive connections" if args.keep_alive else "a connection per request"
+    return (
+        f"  ours = gunicorn (serving/gunicorn.conf.py), {used.workers} worker(s) x"
+        f" {used.threads} thread(s), TORCH_THREADS={used.torch_threads} ({source})\n"
+        "  fastapi = FastAPI + uvicorn, 1 process, a def endpoint in FastAPI's threadpool;"
+        " naive = Flask dev server, 1 process; both fp32, torch's default threads\n"
+        f"  {seconds:g} s per cell, {connections}; the client: a process of its own,"
+        " one thread per concurrent request"
     )
-    print_cells(title, label, results)
 
 
 def load_average() -> str:
@@ -451,9 +656,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--precision", type=parse_precisions, default={}, help="e.g. tiny=fp32,vitb=bf16"
     )
-    parser.add_argument("--workers", type=int, default=2, help="WEB_CONCURRENCY for ours")
-    parser.add_argument("--threads", type=int, default=1, help="GUNICORN_THREADS for ours")
-    parser.add_argument("--torch-threads", type=int, help="TORCH_THREADS for ours")
+    default = "(default: production's, lib.settings.ServingSettings)"
+    parser.add_argument("--workers", type=int, help=f"WEB_CONCURRENCY for ours {default}")
+    parser.add_argument("--threads", type=int, help=f"GUNICORN_THREADS for ours {default}")
+    parser.add_argument("--torch-threads", type=int, help=f"TORCH_THREADS for ours {default}")
     parser.add_argument(
         "--keep-alive", action="store_true", help="one connection per client thread"
     )
@@ -466,11 +672,17 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("METAFLOW_USER", os.environ.get("USER") or "facet")
     started = time.perf_counter()
     print(f"serve_bench: {os.cpu_count()} CPUs, torch {torch.__version__}, {load_average()}")
+    print(cpu_description())
+    peak = measured_peak()
+    print(
+        f"peak, all cores, {PEAK_SIZE}x{PEAK_SIZE}: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s"
+        f" (torch.mm), int8 {peak['int8'] / 1e9:.1f} GOP/s (quantize_dynamic nn.Linear)"
+    )
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as scratch:
         tmp = Path(scratch)
         images = face_jpegs(tmp / "faces")
         for name in models:
-            bench_model(name, args, images, tmp)
+            bench_model(name, args, images, peak, tmp)
     print(f"\ntotal {time.perf_counter() - started:.0f} s, {load_average()}")
 
 
