@@ -246,11 +246,15 @@ def wait_until_ready(base: str, explain: Callable[[], str], seconds: float = 120
         time.sleep(0.1)
 
 
-def wait_for(condition: Callable[[], bool], seconds: float, errors: Path) -> None:
+def wait_for(
+    condition: Callable[[], bool], seconds: float, errors: Path | None = None, poll_s: float = 0.2
+) -> None:
+    """Check `condition` every `poll_s` until it holds; fail after `seconds`, with the end of
+    `errors` (a server's log) if given."""
     deadline = time.monotonic() + seconds
     while not condition():
-        assert time.monotonic() < deadline, errors.read_text()[-3000:]
-        time.sleep(0.2)
+        assert time.monotonic() < deadline, errors.read_text()[-3000:] if errors else "timed out"
+        time.sleep(poll_s)
 
 
 class FlakyProxy(ThreadingHTTPServer):
