@@ -84,14 +84,37 @@ class ServingSettings(_Environment):
     MAX_REQUEST_PIXELS: int = Field(
         100_000_000, gt=0, description="pixels per request at most, all its images together"
     )
+    BATCH_MAX_SIZE: int = Field(
+        16,
+        gt=0,
+        description="images per model call at most: requests that wait for the model run "
+        "together up to this many (a larger request runs alone)",
+    )
+    BATCH_MAX_WAIT_MS: float = Field(
+        0.0,
+        ge=0,
+        description="a batch waits this long after its first request for more (0: it runs as "
+        "soon as the model is free, and batches form while it is busy)",
+    )
     TORCH_THREADS: int = Field(
-        0, ge=0, description="torch threads per worker (gunicorn: cores / workers x threads)"
+        0, ge=0, description="torch threads of a worker's model (gunicorn: cores / workers)"
+    )
+    OMP_WAIT_POLICY: Literal["PASSIVE", "ACTIVE"] = Field(
+        "PASSIVE",
+        description="how torch's threads wait for work (OpenMP's variable; gunicorn sets it for "
+        "its workers): PASSIVE sleeps; ACTIVE spins, and stalls the model when anything else "
+        "wants its cores",
     )
     HOST: str = Field("0.0.0.0", description="address gunicorn binds")
     PORT: int = Field(8000, gt=0, description="port gunicorn binds (Cloud Run sets it)")
-    WEB_CONCURRENCY: int = Field(2, gt=0, description="gunicorn worker processes")
+    WEB_CONCURRENCY: int = Field(
+        1, gt=0, description="gunicorn worker processes, each with its model and batcher"
+    )
     GUNICORN_THREADS: int = Field(
-        4, gt=0, description="request threads per worker: each can wait on a slow client"
+        16,
+        gt=0,
+        description="request threads per worker: each holds one request, slow client or "
+        "waiting for the model",
     )
     PROMETHEUS_MULTIPROC_DIR: str = Field(
         "", description="folder for multi-process metrics (gunicorn makes a fresh one)"

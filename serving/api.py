@@ -1,7 +1,9 @@
 """The REST endpoints. POST /predict reads every image's header, then decodes every image,
 so one bad or oversized image fails the request before anything is decoded, predicted or
 logged; a row per image is committed to the prediction log before the answer is sent, and a
-log that cannot take it (disk full, locked) makes the answer a 503. POST /feedback stores true
+log that cannot take it (disk full, locked) makes the answer a 503. The model call is the
+worker's batcher's (serving.state): a request's images may be computed together with other
+requests', and each request logs and answers its own rows. POST /feedback stores true
 labels for an image this replica answered, in the same log, under the same 503."""
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from lib.predlog import LogUnavailable, UnknownPrediction
 from lib.preprocess import ImageDecodeError, ImageTooLargeError, open_image
 from serving import metrics
 from serving.errors import ApiError
-from serving.state import model_slot, prediction_log, predictor
+from serving.state import batcher, model_slot, prediction_log, predictor
 
 blueprint = Blueprint("api", __name__)
 FIELD = "image"
@@ -71,7 +73,7 @@ def predict():
     served = predictor()
     images = open_uploads(read_uploads())
     pixels = np.stack([decode(served, label, image) for label, image in images])
-    prediction = served.predict(pixels)
+    prediction = batcher().predict(pixels)
     request_id = request_id_of(request.headers.get("X-Request-ID"))
     log_before_answering(request_id, served.name, served.log_rows(prediction))
     metrics.IMAGES.observe(len(images))

@@ -1,9 +1,15 @@
 """gunicorn settings for facet, from the environment (lib.settings.ServingSettings: HOST,
-PORT, WEB_CONCURRENCY, GUNICORN_THREADS, TORCH_THREADS, PROMETHEUS_MULTIPROC_DIR).
+PORT, WEB_CONCURRENCY, GUNICORN_THREADS, TORCH_THREADS, OMP_WAIT_POLICY,
+PROMETHEUS_MULTIPROC_DIR).
 
 No preload: each worker imports torch and loads the model after the fork (torch's thread
-pools do not survive a fork), before it accepts a connection. Torch threads are capped so that
-workers x threads never oversubscribe the cores.
+pools do not survive a fork), before it accepts a connection.
+
+The process layout: one worker by default, whose request threads read, decode, log and answer
+while its one batcher thread makes every model call (lib.batching), with all the cores
+(TORCH_THREADS defaults to cores / workers): a lone request is computed on every core, and the
+requests that arrive meanwhile wait for the model together and are computed as one batch. More
+workers (WEB_CONCURRENCY) each have their own model, batcher and share of the cores.
 
 One shipper per replica: the master starts `python -m lib.shipper` when it is ready. It ships
 the log's rows to PREDICTION_SINK every PREDICTION_SHIP_SECONDS and prunes the log; when the
@@ -30,6 +36,7 @@ workers, threads = settings.WEB_CONCURRENCY, settings.GUNICORN_THREADS
 # holds that thread and not the worker (a sync worker would be stuck, then killed at `timeout`);
 # the main thread keeps the worker alive. A worker takes only as many connections as it has
 # threads: the rest wait in the listen queue for whichever worker frees first, and load spreads.
+# A thread waiting for the batcher costs no CPU, so there are many (GUNICORN_THREADS, 16).
 # Slow clients beyond workers x threads still wait: put a buffering proxy in front.
 worker_class = "gthread"
 worker_connections = threads
@@ -42,7 +49,12 @@ accesslog = "-"
 
 # The workers read these from the environment they inherit.
 if not settings.TORCH_THREADS:
-    os.environ["TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // (workers * threads)))
+    cores = len(os.sched_getaffinity(0))  # the CPUs this process may use (taskset, cpuset)
+    os.environ["TORCH_THREADS"] = str(max(1, cores // workers))
+# Read by OpenMP as torch loads, in the worker. Spinning torch threads share the cores with the
+# worker's request threads, the shipper and anything else on the machine: one that waits for
+# a descheduled sibling at each of the model's operations stalls the call (docs/serving.md).
+os.environ["OMP_WAIT_POLICY"] = settings.OMP_WAIT_POLICY
 # Prometheus multiprocess mode: set before any worker imports prometheus_client.
 # (An empty value would make prometheus_client write its files into the working directory.)
 metrics_folder = settings.PROMETHEUS_MULTIPROC_DIR or tempfile.mkdtemp(prefix="facet-metrics-")

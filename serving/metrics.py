@@ -40,6 +40,17 @@ IMAGES = Histogram(
     "Images in each answered /predict request",
     buckets=(1, 2, 4, 8, 16, 32, 64),
 )
+BATCH_SIZE = Histogram(
+    "facet_batch_size",
+    "Images in each model call, the requests that waited for the model together",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+BATCH_QUEUE = Histogram(
+    "facet_batch_queue_seconds",
+    "Time each /predict request waited for the model: from its images being queued to the "
+    "model call that holds them starting",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 MODEL_LOAD_FAILURES = Counter(
     "facet_model_load_failures_total", "Failed attempts to load the model (each is retried)"
 )
@@ -72,6 +83,13 @@ def register(app: Flask) -> None:
         started = g.get("started", time.perf_counter())
         LATENCY.labels(endpoint).observe(time.perf_counter() - started)
         return response
+
+
+def observe_batch(images: int, waits: list[float]) -> None:
+    """lib.batching's observer: a model call's images and its requests' queue waits."""
+    BATCH_SIZE.observe(images)
+    for wait in waits:
+        BATCH_QUEUE.observe(wait)
 
 
 class UnshippedRows(Collector):

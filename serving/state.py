@@ -1,4 +1,8 @@
-"""The process-wide things a worker holds: the model and the prediction log.
+"""The process-wide things a worker holds: the model, its batcher and the prediction log.
+
+Every /predict of a worker goes through its one lib.batching.Batcher: the batcher's runner
+thread makes the model calls, in batches of the requests that wait for it, with TORCH_THREADS
+torch threads (gunicorn: the cores divided among the workers, so a lone request has them all).
 
 The model loads in the background by default, so the app answers /healthz and /readyz while it
 loads; under gunicorn the worker loads it before it accepts a connection (create_app's
@@ -18,10 +22,11 @@ from collections.abc import Iterator
 import torch
 from flask import Flask, current_app
 
+from lib.batching import Batcher
 from lib.inference import Predictor
 from lib.predlog import PredictionLog
 from serving.errors import ApiError
-from serving.metrics import MODEL_INFO, MODEL_LOAD_FAILURES
+from serving.metrics import MODEL_INFO, MODEL_LOAD_FAILURES, observe_batch
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,7 @@ RETRY_FIRST_S, RETRY_MAX_S = 1.0, 60.0
 class ModelSlot:
     def __init__(self, config: dict, load_now: bool = False):
         self.predictor: Predictor | None = None
+        self.batcher: Batcher | None = None  # set with the predictor, just before it
         self.error: str | None = None
         self.loaded = threading.Event()  # set once the first attempt has ended, either way
         self._config = config
@@ -47,7 +53,9 @@ class ModelSlot:
 
     def _try_load(self) -> bool:
         try:
-            self.predictor = load_predictor(self._config)
+            predictor = load_predictor(self._config)
+            self.batcher = batcher_for(predictor, self._config)
+            self.predictor = predictor
         except Exception as error:  # reported by /readyz; the worker stays up to say so
             self.error = f"{type(error).__name__}: {error} (retrying)"
             log.error("could not load the model: %s", self.error)
@@ -71,6 +79,15 @@ def load_predictor(config: dict) -> Predictor:
     if config["MODEL_RUN"]:
         return Predictor.from_run(config["MODEL_RUN"], config["PRECISION"])
     return Predictor.champion(config["PRECISION"])
+
+
+def batcher_for(served: Predictor, config: dict) -> Batcher:
+    return Batcher(
+        served.predict,
+        max_size=config["BATCH_MAX_SIZE"],
+        max_wait_s=config["BATCH_MAX_WAIT_MS"] / 1000,
+        observe=observe_batch,
+    )
 
 
 def retry_delays() -> Iterator[float]:
@@ -102,6 +119,11 @@ def predictor() -> Predictor:
         message = slot.error or "the model is still loading"
         raise ApiError(503, "not_ready", message)
     return slot.predictor
+
+
+def batcher() -> Batcher:
+    """The batcher of the model predictor() returned (set before it)."""
+    return model_slot().batcher
 
 
 def prediction_log() -> PredictionLog:

@@ -1,5 +1,5 @@
-"""The service under real gunicorn: two workers, concurrent load, a worker killed, slow clients,
-a champion promoted while it serves, and a HUP reload."""
+"""The service under real gunicorn: two workers (each with its batcher), concurrent load, a
+worker killed, slow clients, a champion promoted while it serves, and a HUP reload."""
 
 import http.client
 import json
@@ -21,12 +21,13 @@ from metaflow import Run
 from lib import synthetic
 from lib.predlog import PredictionLog
 from lib.registry import CHAMPION
-from lib.settings import ServingSettings
 
 pytestmark = [pytest.mark.gunicorn, pytest.mark.flow]
 
 REQUESTS = 300
-THREADS = ServingSettings().GUNICORN_THREADS  # requests a worker has in flight at most
+# Request threads of each of the gunicorn fixture's two workers, fewer than the load's 16
+# clients: a worker killed under load has at most THREADS requests in flight.
+THREADS = 4
 
 
 def post_image(url: str, image: bytes, request_id: str, timeout: float = 60) -> int | str:
@@ -97,7 +98,8 @@ def kill_and_await_successor(server: subprocess.Popen, tmp_path: Path) -> None:
 
 @pytest.fixture
 def gunicorn(smoke_run, tmp_path):
-    with serving(tmp_path, MODEL_RUN=smoke_run.pathspec) as (server, base, _):
+    layout = {"MODEL_RUN": smoke_run.pathspec, "GUNICORN_THREADS": str(THREADS)}
+    with serving(tmp_path, **layout) as (server, base, _):
         yield server, base, tmp_path / "predictions.db"
 
 
@@ -167,6 +169,7 @@ def test_a_killed_worker_loses_no_logged_prediction_and_its_successor_answers_no
     status, text = get(f"{base}/metrics")
     assert status == 200
     assert 'facet_requests_total{endpoint="/predict",status="200"}' in text.decode()
+    assert "facet_batch_size_count" in text.decode()  # the workers' batchers, in their files
 
 
 def trickle(port: int, image: bytes, stop: threading.Event) -> None:

@@ -5,14 +5,17 @@ import io
 import json
 import os
 import subprocess
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import PROBABILITY_ATOL, assert_same_probabilities, locked
+from helpers import PROBABILITY_ATOL, assert_same_probabilities, locked, wait_for
 from PIL import Image, ImageFile
 
+import lib.inference
 import lib.monitor
 from lib import synthetic
 from lib.datasets import PreparedImages
@@ -263,10 +266,67 @@ def test_metrics_count_requests_images_and_the_model(client, faces, smoke_run):
     refused = 'facet_requests_total{endpoint="/predict",status="415"}'
     assert sample(after, ok) == sample(before, ok) + 1
     assert sample(after, refused) == sample(before, refused) + 1
-    for counted in ("facet_images_per_request_sum", "facet_log_rows_written_total"):
+    for counted in (
+        "facet_images_per_request_sum",
+        "facet_log_rows_written_total",
+        "facet_batch_size_sum",  # both images in one model call
+    ):
         assert sample(after, counted) == sample(before, counted) + 2
+    for counted in ("facet_batch_size_count", "facet_batch_queue_seconds_count"):
+        assert sample(after, counted) == sample(before, counted) + 1
     assert f'facet_model_info{{model="{smoke_run.pathspec}",precision="fp32"}} 1.0' in after
     assert 'facet_request_duration_seconds_bucket{endpoint="/predict",le="+Inf"}' in after
+
+
+def test_requests_that_wait_for_the_model_share_a_call_and_each_answers_its_own(
+    app, faces, monkeypatch
+):
+    """The first request's model call is held until five more are queued behind it: they are
+    computed in one call and each answer, and its logged rows, are its own image's."""
+    compute = lib.inference.probabilities_and_embeddings
+    entered, release = threading.Event(), threading.Event()
+
+    def held(*args):
+        entered.set()
+        release.wait()
+        return compute(*args)
+
+    monkeypatch.setattr(lib.inference, "probabilities_and_embeddings", held)
+    client, batcher = app.test_client(), app.extensions["facet.model"].batcher
+    before = client.get("/metrics").get_data(as_text=True)
+    with ThreadPoolExecutor(len(faces)) as pool:
+        first = pool.submit(post_face, app, faces[0], "face-0")
+        assert entered.wait(60)
+        rest = [pool.submit(post_face, app, faces[i], f"face-{i}") for i in range(1, len(faces))]
+        wait_for(lambda: batcher.images_waiting() == len(rest), 60, poll_s=0.01)
+        release.set()
+        answers = [first.result(), *(future.result() for future in rest)]
+
+    served = app.extensions["facet.model"].predictor
+    for face, answer in zip(faces, answers, strict=True):
+        alone = served.predict(served.pixels(face)[np.newaxis]).probs[0]
+        probabilities = list(answer["predictions"][0]["attributes"].values())
+        np.testing.assert_allclose(probabilities, alone, atol=PROBABILITY_ATOL, rtol=0)
+    log = PredictionLog(app.config["PREDICTION_LOG"]).read().set_index("request_id")
+    for i, answer in enumerate(answers):
+        logged = log.loc[f"face-{i}", "prob_Eyeglasses"]
+        assert logged == pytest.approx(answer["predictions"][0]["attributes"]["Eyeglasses"])
+    after = client.get("/metrics").get_data(as_text=True)
+    for counted, more in (
+        ("facet_batch_size_count", 2),  # the held call, then the other five together
+        ("facet_batch_size_sum", len(faces)),
+        ('facet_batch_size_bucket{le="4.0"}', 1),
+        ("facet_batch_queue_seconds_count", len(faces)),
+    ):
+        assert sample(after, counted) == sample(before, counted) + more, counted
+
+
+def post_face(app, face: bytes, request_id: str) -> dict:
+    """POST one image from a client of this thread's own; the 200 answer's JSON."""
+    headers = {"Content-Type": "image/jpeg", "X-Request-ID": request_id}
+    response = app.test_client().post("/predict", data=face, headers=headers)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
 
 
 def test_champion_is_served_by_default(smoke_run, tmp_path, faces):

@@ -21,7 +21,15 @@ def test_serving_reads_its_settings_from_the_environment(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("variable", "value"), [("PORT", "eighty"), ("PRECISION", "fp16"), ("MAX_BATCH", "0")]
+    ("variable", "value"),
+    [
+        ("PORT", "eighty"),
+        ("PRECISION", "fp16"),
+        ("MAX_BATCH", "0"),
+        ("BATCH_MAX_SIZE", "0"),
+        ("BATCH_MAX_WAIT_MS", "-1"),
+        ("OMP_WAIT_POLICY", "sometimes"),
+    ],
 )
 def test_a_malformed_value_names_the_variable(monkeypatch, variable, value):
     monkeypatch.setenv(variable, value)
