@@ -1,7 +1,9 @@
-"""How often does drift monitoring cry wolf, and how long does a large window take?
+"""How often does drift monitoring cry wolf, how close is the accuracy it estimates without
+labels, and how long does a large window take?
 
     python bench/drift_bench.py                      # trains flows/configs/default.json first
     python bench/drift_bench.py --home /tmp/bench    # reuses the champion trained there before
+    python bench/drift_bench.py --home /tmp/bench --windows 5 --rows 0   # quick: no large window
 
 In a datastore of its own (never yours: a MonitorFlow run there would move your next window),
 against the newest champion TrainFlow run there, trained first if there is none:
@@ -9,11 +11,18 @@ against the newest champion TrainFlow run there, trained first if there is none:
    the training set did not use, each predicted and logged as serving does (lib.inference,
    lib.predlog), then tested against the run's reference by lib.drift.detect_drift, the
    function MonitorFlow's detect step calls. Prints how many windows raised drift.
-2. Time: a SQLite log of --rows rows (the windows' rows drawn again at random), then the same
-   rows shipped as Parquet to a folder (lib.shipper.ship, as a replica's shipper does): for
-   each, reading and testing the window timed in this process (lib.monitor.read_window and
-   lib.drift.detect_drift, what the detect step calls) and `MonitorFlow run` over it; prints
-   the times and how much faster the Parquet path reads.
+2. Accuracy: per window kind of KINDS (in distribution; a prior shift, Eyeglasses on 40% of
+   the faces; a covariate shift, blur of radius 20), --windows windows of --window-size new
+   faces: the mean accuracy estimated from the logged calibrated probabilities without labels
+   (lib.performance.estimate, as MonitorFlow estimates it) against the realised mean accuracy
+   the generator's labels give at the run's thresholds. Prints both, their difference, and in
+   how many windows the estimate's interval held the realised accuracy.
+3. Time (skipped with --rows 0): a SQLite log of --rows rows (the in-distribution windows'
+   rows drawn again at random), then the same rows shipped as Parquet to a folder
+   (lib.shipper.ship, as a replica's shipper does): for each, reading and testing the window
+   timed in this process (lib.monitor.read_window and lib.drift.detect_drift, what the detect
+   step calls) and `MonitorFlow run` over it; prints the times and how much faster the
+   Parquet path reads.
 """
 
 import argparse
@@ -23,14 +32,25 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:  # imported when used: Metaflow reads its settings when first imported
+    from lib.performance import Expected
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_FLOW_FILE = ROOT / "flows" / "train_flow.py"
 MONITOR_FLOW = ROOT / "flows" / "monitor_flow.py"
 FIRST_SEED = 1000  # the training sets use small seeds
+IN_DISTRIBUTION = "in-distribution"
+# Window kinds whose accuracy is estimated and realised: lib.synthetic.make_spec overrides.
+KINDS = {
+    IN_DISTRIBUTION: {},
+    "prior shift, Eyeglasses at 40%": {"prevalence": {"Eyeglasses": 0.4}},
+    "covariate shift, blur radius 20": {"shifts": {"blur": 20}},
+}
 
 
 def main() -> None:
@@ -39,7 +59,7 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "flows" / "configs" / "default.json"))
     parser.add_argument("--windows", type=int, default=20)
     parser.add_argument("--window-size", type=int, default=200)
-    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--rows", type=int, default=100_000, help="0: no large window")
     args = parser.parse_args()
     home = Path(args.home or tempfile.mkdtemp(prefix="drift-bench-"))
     datastore = home / "datastore"
@@ -56,8 +76,10 @@ def main() -> None:
     logs = home / "logs"  # fresh each time: a log reopened would be appended to
     shutil.rmtree(logs, ignore_errors=True)
     windows = log_windows(model_run, logs, args.windows, args.window_size)
-    false_alarms(model_run, windows)
-    large_window(model_run, datastore, logs, windows, args.rows)
+    false_alarms(model_run, [log for log, _ in windows])
+    estimated_accuracy(model_run, logs, windows, args.windows, args.window_size)
+    if args.rows:
+        large_window(model_run, datastore, logs, [log for log, _ in windows], args.rows)
 
 
 def champion(datastore: Path, config: dict) -> str:
@@ -77,23 +99,27 @@ def champion(datastore: Path, config: dict) -> str:
         return result.run.pathspec
 
 
-def log_windows(model_run: str, folder: Path, n_windows: int, size: int) -> list[Path]:
-    """One prediction log per window, written as serving writes it."""
-    from lib import synthetic
+def log_windows(
+    model_run: str, folder: Path, n_windows: int, size: int, kind: str = IN_DISTRIBUTION
+) -> list[tuple[Path, Path]]:
+    """(prediction log, faces folder) of each window of `kind` (KINDS), the log written as
+    serving writes it, one row per face in the order of the folder's label file."""
+    from lib import celeba, synthetic
     from lib.inference import Predictor
     from lib.predlog import PredictionLog
 
-    predictor, logs = Predictor.from_run(model_run), []
+    predictor, windows, k = Predictor.from_run(model_run), [], list(KINDS).index(kind)
     for i in range(n_windows):
-        root = synthetic.generate(folder / f"faces{i}", synthetic.make_spec(size, FIRST_SEED + i))
-        images = sorted((root / "img_align_celeba").iterdir())
-        log = PredictionLog(folder / f"window{i}.db")
+        spec = synthetic.make_spec(size, FIRST_SEED + k * n_windows + i, **KINDS[kind])
+        root = synthetic.generate(folder / f"faces{k}-{i}", spec)
+        _, files, _ = celeba.read_attribute_file(root / celeba.ATTRIBUTE_FILE)
+        log = PredictionLog(folder / f"window{k}-{i}.db")
         for start in range(0, size, 32):
-            batch = images[start : start + 32]
+            batch = [root / celeba.IMAGE_DIR / name for name in files[start : start + 32]]
             pixels = np.stack([predictor.pixels(path.read_bytes()) for path in batch])
             log.append(f"window{i}", predictor.name, predictor.log_rows(predictor.predict(pixels)))
-        logs.append(log.path)
-    return logs
+        windows.append((log.path, root))
+    return windows
 
 
 def false_alarms(model_run: str, logs: list[Path]) -> None:
@@ -116,6 +142,59 @@ def false_alarms(model_run: str, logs: list[Path]) -> None:
         f"  smallest column p-value {smallest_p:.1e} (threshold {threshold:.1e}); "
         f"largest embedding distance / threshold {largest_distance:.2f}"
     )
+
+
+def estimated_accuracy(
+    model_run: str,
+    folder: Path,
+    in_distribution: list[tuple[Path, Path]],
+    n_windows: int,
+    size: int,
+) -> None:
+    """Per window kind, the mean accuracy estimated without labels against the realised one:
+    the in-distribution windows logged already, the others logged here."""
+    from lib.monitor import load_expected
+
+    expected = load_expected(model_run)
+    print(
+        f"accuracy estimated without labels (CBPE) against the generator's labels, "
+        f"{n_windows} windows of {size} faces a kind (test mean accuracy "
+        f"{expected.test_accuracy.mean():.4f}):"
+    )
+    for kind in KINDS:
+        windows = (
+            in_distribution
+            if kind == IN_DISTRIBUTION
+            else log_windows(model_run, folder, n_windows, size, kind)
+        )
+        measured = np.array([window_accuracy(expected, *window) for window in windows])
+        estimated, realised, _ = measured.mean(axis=0)
+        gaps = measured[:, 0] - measured[:, 1]
+        print(
+            f"  {kind}: estimated {estimated:.4f}, realised {realised:.4f}, estimate - "
+            f"realised {estimated - realised:+.4f} (windows {gaps.min():+.4f} to "
+            f"{gaps.max():+.4f}; the 95% interval held the realised accuracy in "
+            f"{int(measured[:, 2].sum())} of {len(windows)})"
+        )
+
+
+def window_accuracy(expected: "Expected", log: Path, faces: Path) -> tuple[float, float, bool]:
+    """A logged window's mean accuracy: estimated from its calibrated probabilities
+    (lib.performance.estimate), realised against the generator's labels at the run's
+    thresholds, and whether the estimate's interval holds the realised one."""
+    from lib import celeba
+    from lib.features import probability_columns
+    from lib.performance import estimate, realised
+    from lib.predlog import PredictionLog
+
+    rows = PredictionLog(log).read()
+    probs = rows[probability_columns(expected.attributes)].to_numpy(np.float64)
+    names, _, labels = celeba.read_attribute_file(faces / celeba.ATTRIBUTE_FILE)
+    truth = labels[:, [names.index(name) for name in expected.attributes]].astype(np.float64)
+    correct, labelled = realised(probs, expected.thresholds, truth)
+    accuracy, estimated = float((correct / labelled).mean()), estimate(probs, expected.thresholds)
+    low, high = estimated["mean_ci"]
+    return estimated["mean_accuracy"], accuracy, low <= accuracy <= high
 
 
 def large_window(
