@@ -27,7 +27,8 @@ in the same folder format. For each:
    (bench/fastapi_server.py: FastAPI + uvicorn, one process, a plain `def` endpoint run in
    FastAPI's threadpool); and naive (bench/naive_server.py: Flask's threaded development
    server, one process). Both baselines: an HF image processor and a model call per request,
-   fp32, torch's default threads (bench/baseline.py).
+   fp32, torch's default threads, waiting for work as ours do (OMP_WAIT_POLICY)
+   (bench/baseline.py).
 3. Load: a client process, started per cell, whose threads POST real JPEGs (lib.synthetic) as
    image/jpeg, one per request, each on a fresh connection (as nginx talks to its upstreams
    by default; --keep-alive for persistent ones), closed loop at concurrency 1, 4 and 16 for
@@ -73,6 +74,7 @@ from lib import synthetic
 from lib.evaluate import summarize
 from lib.features import Projection
 from lib.inference import PRECISIONS, Predictor, quantize_int8
+from lib.settings import ServingSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -384,11 +386,13 @@ def ours(env: dict[str, str], tmp: Path) -> Server:
 
 
 def baseline(name: str, folder: Path, tmp: Path) -> Server:
-    """bench/<name>_server.py: one process, fp32, torch's default threads."""
+    """bench/<name>_server.py: one process, fp32, torch's default threads, which wait for work
+    as ours do (OMP_WAIT_POLICY): the comparison is of the serving, not of a spin setting."""
     port = free_port()
     command = [sys.executable, str(ROOT / "bench" / f"{name}_server.py"), str(folder)]
     command += ["--port", str(port)]
     env = {k: v for k, v in os.environ.items() if k != "TORCH_THREADS"}
+    env["OMP_WAIT_POLICY"] = ServingSettings().OMP_WAIT_POLICY
     return server(name, command, env, port, tmp / f"{name}-{port}.log")
 
 
