@@ -86,6 +86,11 @@ def assert_own_rows(future: Future, pixels: np.ndarray) -> None:
     np.testing.assert_array_equal(answer.total, alone.total)
 
 
+def assert_all_own_rows(futures: list[Future], requests: list[np.ndarray]) -> None:
+    for future, pixels in zip(futures, requests, strict=True):
+        assert_own_rows(future, pixels)
+
+
 def test_requests_waiting_for_a_busy_model_share_one_call_and_get_their_own_rows(pool):
     model, observed = Model(), []
     batcher = Batcher(model, max_size=16, observe=lambda n, waits: observed.append((n, waits)))
@@ -94,9 +99,7 @@ def test_requests_waiting_for_a_busy_model_share_one_call_and_get_their_own_rows
     waiting = queue(pool, batcher, *requests)
     model.release()
 
-    assert_own_rows(first, images(1, 1000))
-    for future, pixels in zip(waiting, requests, strict=True):
-        assert_own_rows(future, pixels)
+    assert_all_own_rows([first, *waiting], [images(1, 1000), *requests])
     assert model.batches == [1, 8]  # six requests, two model calls
     assert [(n, len(waits)) for n, waits in observed] == [(1, 1), (8, 5)]
     assert all(wait >= 0 for _, waits in observed for wait in waits)
@@ -132,9 +135,7 @@ def test_batches_hold_at_most_max_size_images_and_a_larger_request_runs_alone(po
     waiting = queue(pool, batcher, *requests)
     model.release()
 
-    assert_own_rows(first, images(1, 1000))
-    for future, pixels in zip(waiting, requests, strict=True):
-        assert_own_rows(future, pixels)
+    assert_all_own_rows([first, *waiting], [images(1, 1000), *requests])
     # In arrival order, never more than 4 together: 3 (3 + 2 > 4), 2 (2 + 6), 6 alone, 1 + 2.
     assert model.batches == [1, 3, 2, 6, 3]
 
