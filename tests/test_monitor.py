@@ -21,6 +21,7 @@ from test_flow import card_text
 from lib import celeba, synthetic
 from lib.alerts import ACCURACY_FIELDS, ACCURACY_TAG, DRIFT_TAG
 from lib.drift import INSUFFICIENT, drifted_columns
+from lib.inference import Predictor
 from lib.monitor import TOP_COLUMNS, history, load_expected
 from lib.performance import estimate
 from lib.sink import Sink, write_segment
@@ -30,6 +31,7 @@ from serving.api import REPORT_HEADERS
 pytestmark = pytest.mark.flow
 
 WINDOW = 200
+LABELLED = 300  # faces labelled through POST /feedback
 HOUR = 3600
 # (generator overrides, the column that must drift); faces drawn from new seeds.
 SCENARIOS = {
@@ -163,33 +165,31 @@ def test_each_run_tests_the_rows_logged_since_the_last_verdict(
 def test_a_run_estimates_accuracy_and_measures_it_where_feedback_labelled(
     model_run, service, webhook, tmp_path
 ):
-    """200 faces through the service, the generator's labels sent back (POST /feedback) for
-    120 of them: the run stores `performance`, the estimate from the logged probabilities and,
-    on those 120 rows, the accuracy of the service's answers against the labels; in
-    distribution, no alarm. Wrong Eyeglasses labels sent again for the same faces (the newest
-    wins) are a significant drop: the next run is tagged `accuracy` and the webhook told."""
-    answers = send_faces(service, tmp_path / "faces", WINDOW, seed=31)
-    file_attributes, _, truth = celeba.read_attribute_file(
-        tmp_path / "faces" / celeba.ATTRIBUTE_FILE
-    )
+    """300 faces through the service and the generator's labels sent back (POST /feedback),
+    joined by file name: the run stores `performance`, the estimate from the logged
+    probabilities and the realised accuracy, which equals evaluating the same faces offline
+    (Predictor on the JPEG files, the run's thresholds); in distribution, no alarm. Wrong
+    Eyeglasses labels sent again for the same faces (the newest wins) are a significant drop:
+    the next run is tagged `accuracy` and the webhook told."""
+    faces = tmp_path / "faces"
+    answers = send_faces(service, faces, LABELLED, seed=31)
     images = [(a["request_id"], i, p) for a in answers for i, p in enumerate(a["predictions"])]
     attributes = list(images[0][2]["attributes"])
-    labels = truth[:, [file_attributes.index(name) for name in attributes]]
-    labelled = images[:120]
-    given = [dict(zip(attributes, map(int, row), strict=True)) for row in labels[:120]]
-    send_feedback(service, labelled, given)
+    files = sorted((faces / "img_align_celeba").iterdir())  # the order send_faces posted them
+    labels = labels_by_file(faces / celeba.ATTRIBUTE_FILE, [f.name for f in files], attributes)
+    given = [dict(zip(attributes, map(int, row), strict=True)) for row in labels]
+    send_feedback(service, images, given)
 
     run = run_monitor(model_run=model_run, log=service.config["PREDICTION_LOG"])
     performance = run.data.performance
-    assert (performance["n_rows"], performance["n_labelled"]) == (WINDOW, 120)
+    assert (performance["n_rows"], performance["n_labelled"]) == (LABELLED, LABELLED)
     probs = np.array([[p["attributes"][a] for a in attributes] for _, _, p in images])
     estimated = estimate(probs, load_expected(model_run).thresholds)
-    right = np.array([[(a in p["present"]) for a in attributes] for _, _, p in labelled])
-    offline = (right == labels[:120].astype(bool)).mean(axis=0)
+    offline = offline_accuracy(model_run, files, labels)
     for i, name in enumerate(attributes):
         measured = performance["per_attribute"][name]
         assert measured["estimated_accuracy"] == pytest.approx(estimated["accuracy"][i])
-        assert measured["n_labelled"] == 120
+        assert measured["n_labelled"] == LABELLED
         assert measured["realised_accuracy"] == pytest.approx(offline[i])
     assert performance["realised_mean_accuracy"] == pytest.approx(offline.mean())
     assert performance["estimated_mean_accuracy"] == pytest.approx(estimated["mean_accuracy"])
@@ -198,8 +198,8 @@ def test_a_run_estimates_accuracy_and_measures_it_where_feedback_labelled(
     content = card_text(get_cards(run["detect"].task)[0].get())
     assert "accuracy per attribute" in content and "realised mean accuracy" in content
 
-    wrong = [{"Eyeglasses": int("Eyeglasses" not in p["present"])} for _, _, p in labelled]
-    send_feedback(service, labelled, wrong)
+    wrong = [{"Eyeglasses": int("Eyeglasses" not in p["present"])} for _, _, p in images]
+    send_feedback(service, images, wrong)
     again = run_monitor(model_run=model_run, log=service.config["PREDICTION_LOG"], window_hours=1.0)
     measured = again.data.performance["per_attribute"]
     assert measured["Eyeglasses"]["realised_accuracy"] == 0.0
@@ -216,7 +216,25 @@ def test_a_run_estimates_accuracy_and_measures_it_where_feedback_labelled(
     for monitored, alerts in ((run, ""), (again, ", 1 alert(s)")):
         means = monitored.data.performance
         cell = f"{means['estimated_mean_accuracy']:.3f} / {means['realised_mean_accuracy']:.3f}"
-        assert f"<td>{cell} (120 labelled){alerts}</td>" in page
+        assert f"<td>{cell} ({LABELLED} labelled){alerts}</td>" in page
+
+
+def labels_by_file(path, names: list[str], attributes: list[str]) -> np.ndarray:
+    """The generator's 0/1 labels of `names`, in that order and the attributes' order, joined
+    by file name."""
+    file_attributes, file_names, truth = celeba.read_attribute_file(path)
+    rows = dict(zip(file_names, truth, strict=True))
+    columns = [file_attributes.index(name) for name in attributes]
+    return np.array([rows[name][columns] for name in names]) > 0
+
+
+def offline_accuracy(model_run: str, files: list, labels: np.ndarray) -> np.ndarray:
+    """Per attribute, the share of the faces the run's model gets right offline: Predictor on
+    the JPEG files, present at the run's thresholds."""
+    predictor = Predictor.from_run(model_run)
+    pixels = np.stack([predictor.pixels(path.read_bytes()) for path in files])
+    present = predictor.predict(pixels).probs >= predictor.thresholds
+    return (present == labels).mean(axis=0)
 
 
 def send_feedback(app, images: list[tuple], labels: list[dict[str, int]]) -> None:
