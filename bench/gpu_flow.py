@@ -23,7 +23,7 @@ from pathlib import Path
 from metaflow import Runner
 
 from lib.config import load
-from lib.evaluate import headline
+from lib.registry import headline
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOW = ROOT / "flows" / "train_flow.py"

@@ -124,8 +124,7 @@ class TrainFlow(FlowSpec):
 
     @step
     def end(self):
-        from lib.evaluate import headline
-        from lib.registry import promote_if_better
+        from lib.registry import headline, promote_if_better
 
         run = f"{current.flow_name}/{current.run_id}"
         self.champion, reason = promote_if_better(run, self.dataset, self.metrics)

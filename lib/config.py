@@ -79,7 +79,7 @@ class DataConfig(Section):
     allow_skipped: bool = Field(
         False, description="train without missing or unreadable images instead of failing"
     )
-    shard_size: int = Field(5000, gt=0, description="images per prepare_shard task")
+    shard_size: int = Field(10_000, gt=0, description="images per prepare_shard task")
 
 
 class ModelConfig(Section):
@@ -87,7 +87,7 @@ class ModelConfig(Section):
         None, description="a hub name or local folder to fine-tune; null trains from scratch"
     )
     image_size: int = Field(64, gt=0, description="input side in pixels")
-    patch_size: int = Field(8, gt=0, description="ViT patch side in pixels (from scratch)")
+    patch_size: int = Field(16, gt=0, description="ViT patch side in pixels (from scratch)")
     hidden_size: int = Field(128, gt=0, description="ViT width (from scratch)")
     num_hidden_layers: int = Field(4, gt=0, description="ViT depth (from scratch)")
     num_attention_heads: int = Field(4, gt=0, description="attention heads (from scratch)")

@@ -142,14 +142,6 @@ def summarize(
     return metrics
 
 
-def headline(metrics: dict[str, Any]) -> str:
-    return (
-        f"test mean accuracy {metrics['mean_accuracy']:.4f} (majority baseline "
-        f"{metrics['majority_baseline_accuracy']:.4f}), mean balanced accuracy "
-        f"{metrics['mean_balanced_accuracy']:.4f}"
-    )
-
-
 def _mean(per_attribute: dict[str, dict[str, float]], names: list[str], key: str) -> float:
     return float(np.mean([per_attribute[a][key] for a in names if a in per_attribute]))
 

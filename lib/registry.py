@@ -63,6 +63,14 @@ def resolve_model_run(model_run: str, advice: str) -> str:
     return Run(model_run).pathspec if model_run else champion_pathspec(advice)
 
 
+def headline(metrics: dict[str, Any]) -> str:
+    return (
+        f"test mean accuracy {metrics['mean_accuracy']:.4f} (majority baseline "
+        f"{metrics['majority_baseline_accuracy']:.4f}), mean balanced accuracy "
+        f"{metrics['mean_balanced_accuracy']:.4f}"
+    )
+
+
 def promote_if_better(
     run_pathspec: str, dataset: dict[str, Any], metrics: dict[str, Any]
 ) -> tuple[bool, str]:
