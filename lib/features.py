@@ -23,7 +23,9 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 def image_features(pixels: np.ndarray) -> np.ndarray:
     """(B, H, W, 3) uint8 -> (B, len(IMAGE_FEATURES)) float32, every feature in [0, ~1]."""
     rgb = pixels.astype(np.float32) / 255.0
-    luma = rgb @ LUMA
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    # Channel by channel: numpy's reductions and products over a last axis of 3 are slow.
+    luma = LUMA[0] * red + LUMA[1] * green + LUMA[2] * blue
     # Laplacian of the luma on the interior: its mean magnitude falls as an image blurs.
     laplacian = (
         4 * luma[:, 1:-1, 1:-1]
@@ -32,14 +34,15 @@ def image_features(pixels: np.ndarray) -> np.ndarray:
         - luma[:, 1:-1, :-2]
         - luma[:, 1:-1, 2:]
     )
-    top, bottom = rgb.max(axis=-1), rgb.min(axis=-1)
-    saturation = np.where(top > 0, (top - bottom) / np.maximum(top, 1e-6), 0.0)
+    top = np.maximum(np.maximum(red, green), blue)
+    bottom = np.minimum(np.minimum(red, green), blue)
+    saturation = (top - bottom) / np.maximum(top, 1e-6)  # 0 for black, where top is 0
     columns = [
         luma.mean(axis=(1, 2)),
         luma.std(axis=(1, 2)),
         np.abs(laplacian).mean(axis=(1, 2)),
         saturation.mean(axis=(1, 2)),
-        *(rgb[..., c].mean(axis=(1, 2)) for c in range(3)),
+        *(channel.mean(axis=(1, 2)) for channel in (red, green, blue)),
     ]
     return np.stack(columns, axis=1).astype(np.float32)
 
