@@ -97,7 +97,7 @@ class ServingSettings(_Environment):
         "soon as the model is free, and batches form while it is busy)",
     )
     TORCH_THREADS: int = Field(
-        0, ge=0, description="torch threads of a worker's model (gunicorn: cores / workers)"
+        0, ge=0, description="torch threads of a worker's model (0, gunicorn: cores / workers)"
     )
     OMP_WAIT_POLICY: Literal["PASSIVE", "ACTIVE"] = Field(
         "PASSIVE",
@@ -108,10 +108,13 @@ class ServingSettings(_Environment):
     HOST: str = Field("0.0.0.0", description="address gunicorn binds")
     PORT: int = Field(8000, gt=0, description="port gunicorn binds (Cloud Run sets it)")
     WEB_CONCURRENCY: int = Field(
-        1, gt=0, description="gunicorn worker processes, each with its model and batcher"
+        0,
+        ge=0,
+        description="gunicorn worker processes, each with its model and batcher (0: one per "
+        "core the process may use)",
     )
     GUNICORN_THREADS: int = Field(
-        16,
+        8,
         gt=0,
         description="request threads per worker: each holds one request, slow client or "
         "waiting for the model",

@@ -5,11 +5,13 @@ PROMETHEUS_MULTIPROC_DIR).
 No preload: each worker imports torch and loads the model after the fork (torch's thread
 pools do not survive a fork), before it accepts a connection.
 
-The process layout: one worker by default, whose request threads read, decode, log and answer
-while its one batcher thread makes every model call (lib.batching), with all the cores
-(TORCH_THREADS defaults to cores / workers): a lone request is computed on every core, and the
-requests that arrive meanwhile wait for the model together and are computed as one batch. More
-workers (WEB_CONCURRENCY) each have their own model, batcher and share of the cores.
+The process layout: one worker per core by default (WEB_CONCURRENCY), each with its own model
+and one torch thread (TORCH_THREADS defaults to cores / workers). A worker's request threads
+read, decode, log and answer while its one batcher thread makes every model call
+(lib.batching): the requests that arrive while its model is busy are computed as one batch.
+Workers, not threads, spread the Python of requests and model over the cores: one interpreter
+runs one thread at a time. A large model whose lone request gains from every core is served
+with WEB_CONCURRENCY=1 (docs/serving.md, the layout).
 
 One shipper per replica: the master starts `python -m lib.shipper` when it is ready. It ships
 the log's rows to PREDICTION_SINK every PREDICTION_SHIP_SECONDS and prunes the log; when the
@@ -31,12 +33,13 @@ import tempfile
 from lib.settings import ServingSettings
 
 settings = ServingSettings()
-workers, threads = settings.WEB_CONCURRENCY, settings.GUNICORN_THREADS
+cores = len(os.sched_getaffinity(0))  # the CPUs this process may use (taskset, cpuset)
+workers, threads = settings.WEB_CONCURRENCY or cores, settings.GUNICORN_THREADS
 # gthread: a request is read in one of the worker's threads, so a client trickling its body
 # holds that thread and not the worker (a sync worker would be stuck, then killed at `timeout`);
 # the main thread keeps the worker alive. A worker takes only as many connections as it has
 # threads: the rest wait in the listen queue for whichever worker frees first, and load spreads.
-# A thread waiting for the batcher costs no CPU, so there are many (GUNICORN_THREADS, 16).
+# A thread waiting for the batcher costs no CPU, so there are several (GUNICORN_THREADS, 8).
 # Slow clients beyond workers x threads still wait: put a buffering proxy in front.
 worker_class = "gthread"
 worker_connections = threads
@@ -49,7 +52,6 @@ accesslog = "-"
 
 # The workers read these from the environment they inherit.
 if not settings.TORCH_THREADS:
-    cores = len(os.sched_getaffinity(0))  # the CPUs this process may use (taskset, cpuset)
     os.environ["TORCH_THREADS"] = str(max(1, cores // workers))
 # Read by OpenMP as torch loads, in the worker. Spinning torch threads share the cores with the
 # worker's request threads, the shipper and anything else on the machine: one that waits for
