@@ -1,6 +1,9 @@
 """Every environment variable is read through lib.settings, typed and documented once."""
 
 import ast
+import os
+import subprocess
+import sys
 
 import pytest
 from helpers import ROOT
@@ -69,3 +72,39 @@ def test_the_readme_table_of_variables_is_generated_from_the_definition():
     begin, end = "<!-- env-table:begin -->\n", "<!-- env-table:end -->"
     table = readme[readme.index(begin) + len(begin) : readme.index(end)].strip()
     assert table == markdown_table(), "run `python -m lib.settings README.md` to regenerate it"
+
+
+def gunicorn_layout(tmp_path, cpus: set[int], **env: str) -> tuple[int, int, int]:
+    """(workers, request threads, TORCH_THREADS) that serving/gunicorn.conf.py gives a process
+    allowed to run on `cpus`, read by running the file as gunicorn does, in a child."""
+    code = (
+        "import os, runpy; c = runpy.run_path('serving/gunicorn.conf.py'); "
+        "print(c['workers'], c['threads'], os.environ['TORCH_THREADS'])"
+    )
+    layout = ("WEB_CONCURRENCY", "GUNICORN_THREADS", "TORCH_THREADS")
+    child_env = {k: v for k, v in os.environ.items() if k not in layout}
+    child_env.update(PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"), **env)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=child_env,
+        preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    workers, threads, torch_threads = map(int, out.stdout.split())
+    return workers, threads, torch_threads
+
+
+@pytest.mark.parametrize("cores", sorted({1, len(os.sched_getaffinity(0))}))
+def test_gunicorn_runs_a_worker_per_core_each_with_one_torch_thread(tmp_path, cores):
+    cpus = set(sorted(os.sched_getaffinity(0))[:cores])
+    assert gunicorn_layout(tmp_path, cpus) == (cores, 8, 1)
+
+
+def test_one_worker_gets_every_core_as_torch_threads_and_named_settings_win(tmp_path):
+    cpus = os.sched_getaffinity(0)
+    assert gunicorn_layout(tmp_path, cpus, WEB_CONCURRENCY="1") == (1, 8, len(cpus))
+    named = {"WEB_CONCURRENCY": "3", "GUNICORN_THREADS": "4", "TORCH_THREADS": "2"}
+    assert gunicorn_layout(tmp_path, cpus, **named) == (3, 4, 2)
