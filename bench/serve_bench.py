@@ -21,14 +21,14 @@ in the same folder format. For each:
    the torch threads one gunicorn worker gets; for the trained model also the test split's
    mean accuracy in each precision (the run's thresholds) and the share of decisions changed.
 2. Servers, one at a time: ours = gunicorn with serving/gunicorn.conf.py as production runs
-   it (MODEL_DIR; workers, threads and TORCH_THREADS are production's defaults,
-   lib.settings.ServingSettings, unless --workers / --threads / --torch-threads; the layout
-   used is printed), at whichever of fp32 and bf16 was faster at batch 1 (int8 changes
-   answers, so only --precision makes it the choice); ours again in int8; fastapi
-   (bench/fastapi_server.py: FastAPI + uvicorn, one process, a plain `def` endpoint run in
-   FastAPI's threadpool); and naive (bench/naive_server.py: Flask's threaded development
-   server, one process). Both baselines: an HF image processor and a model call per request,
-   fp32, torch's default threads, waiting for work as ours do (OMP_WAIT_POLICY)
+   it (MODEL_DIR; workers, threads and TORCH_THREADS as lib.settings.ServingSettings.layout
+   gives them for this environment and machine, unless --workers / --threads /
+   --torch-threads; the layout used is printed), at whichever of fp32 and bf16 was faster
+   at batch 1 (int8 changes answers, so only --precision makes it the choice); ours again in
+   int8; fastapi (bench/fastapi_server.py: FastAPI + uvicorn, one process, a plain `def`
+   endpoint run in FastAPI's threadpool); and naive (bench/naive_server.py: Flask's threaded
+   development server, one process). Both baselines: an HF image processor and a model call
+   per request, fp32, torch's default threads, waiting for work as ours do (OMP_WAIT_POLICY)
    (bench/baseline.py).
 3. Load: a client process, started per cell, whose threads POST real JPEGs (lib.synthetic) as
    image/jpeg, one per request, each on a fresh connection (as nginx talks to its upstreams
@@ -356,12 +356,11 @@ LAYOUT = ("WEB_CONCURRENCY", "GUNICORN_THREADS", "TORCH_THREADS")
 def ours_environment(
     folder: Path, precision: str, args: argparse.Namespace, tmp: Path
 ) -> dict[str, str]:
-    """The service's environment: MODEL_DIR, and the layout production's defaults give unless
-    --workers / --threads / --torch-threads set it."""
+    """The service's environment: MODEL_DIR, and the layout flags (--workers, --threads,
+    --torch-threads) over this environment's."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("MODEL_RUN", *LAYOUT)}
-    given = (args.workers, args.threads, args.torch_threads)
-    env.update({name: str(value) for name, value in zip(LAYOUT, given, strict=True) if value})
+    env = {k: v for k, v in os.environ.items() if k != "MODEL_RUN"}
+    env.update({name: str(value) for name, value in given_layout(args).items()})
     env.update(
         MODEL_DIR=str(folder),
         PRECISION=precision,
@@ -373,16 +372,15 @@ def ours_environment(
     return env
 
 
-def layout(env: dict[str, str]) -> Layout:
-    """The layout serving/gunicorn.conf.py gives in `env`: the file is run in a child as
-    gunicorn reads it, so the defaults and derivations printed are the ones measured."""
-    code = (
-        "import os, runpy; c = runpy.run_path('serving/gunicorn.conf.py'); "
-        "print(c['workers'], c['threads'], os.environ['TORCH_THREADS'])"
-    )
-    command = [sys.executable, "-c", code]
-    out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
-    return Layout(*map(int, out.stdout.split()))
+def given_layout(args: argparse.Namespace) -> dict[str, int]:
+    given = (args.workers, args.threads, args.torch_threads)
+    return {name: value for name, value in zip(LAYOUT, given, strict=True) if value}
+
+
+def layout(args: argparse.Namespace) -> Layout:
+    """The layout serving/gunicorn.conf.py gives ours on this machine."""
+    settings = ServingSettings(**given_layout(args))
+    return Layout(*settings.layout(len(os.sched_getaffinity(0))))
 
 
 def ours(env: dict[str, str], tmp: Path) -> Server:
@@ -597,7 +595,7 @@ def bench_model(
     else:
         run, folder = None, write_vit_base(tmp / "vitb")
         title = "vitb = ViT-B/16 size, random weights"
-    used = layout(ours_environment(folder, "fp32", args, tmp))
+    used = layout(args)
     torch.set_num_threads(used.torch_threads)  # what each gunicorn worker gets
     speeds = precision_speeds(folder, images)
     print_speeds(title, speeds, used.torch_threads)
@@ -632,7 +630,7 @@ def serve_all(
 
 def describe(used: Layout, args: argparse.Namespace, seconds: float) -> str:
     """The contenders and the load, for the table's head."""
-    given = any((args.workers, args.threads, args.torch_threads))
+    given = given_layout(args) or any(name in os.environ for name in LAYOUT)
     source = "as given" if given else "production's defaults"
     connections = "keep-alive connections" if args.keep_alive else "a connection per request"
     return (

@@ -132,6 +132,13 @@ class ServingSettings(_Environment):
         None, description="bearer key for /metrics (default: /metrics is open)"
     )
 
+    def layout(self, cores: int) -> tuple[int, int, int]:
+        """(worker processes, request threads per worker, torch threads per worker) for a
+        service allowed `cores` CPUs: a worker per core unless WEB_CONCURRENCY says how many,
+        and the cores shared among the workers' models unless TORCH_THREADS says."""
+        workers = self.WEB_CONCURRENCY or cores
+        return workers, self.GUNICORN_THREADS, self.TORCH_THREADS or max(1, cores // workers)
+
     def flask_config(self) -> dict[str, Any]:
         """The app's config: every setting by name, and Flask's own upload limit."""
         return {**self.model_dump(), "MAX_CONTENT_LENGTH": self.MAX_UPLOAD_MB * 1024 * 1024}

@@ -33,8 +33,8 @@ import tempfile
 from lib.settings import ServingSettings
 
 settings = ServingSettings()
-cores = len(os.sched_getaffinity(0))  # the CPUs this process may use (taskset, cpuset)
-workers, threads = settings.WEB_CONCURRENCY or cores, settings.GUNICORN_THREADS
+# A worker per CPU this process may use (taskset, cpuset), one torch thread each.
+workers, threads, torch_threads = settings.layout(len(os.sched_getaffinity(0)))
 # gthread: a request is read in one of the worker's threads, so a client trickling its body
 # holds that thread and not the worker (a sync worker would be stuck, then killed at `timeout`);
 # the main thread keeps the worker alive. A worker takes only as many connections as it has
@@ -51,8 +51,7 @@ graceful_timeout = 30
 accesslog = "-"
 
 # The workers read these from the environment they inherit.
-if not settings.TORCH_THREADS:
-    os.environ["TORCH_THREADS"] = str(max(1, cores // workers))
+os.environ["TORCH_THREADS"] = str(torch_threads)
 # Read by OpenMP as torch loads, in the worker. Spinning torch threads share the cores with the
 # worker's request threads, the shipper and anything else on the machine: one that waits for
 # a descheduled sibling at each of the model's operations stalls the call (docs/serving.md).

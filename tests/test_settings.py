@@ -74,37 +74,36 @@ def test_the_readme_table_of_variables_is_generated_from_the_definition():
     assert table == markdown_table(), "run `python -m lib.settings README.md` to regenerate it"
 
 
-def gunicorn_layout(tmp_path, cpus: set[int], **env: str) -> tuple[int, int, int]:
-    """(workers, request threads, TORCH_THREADS) that serving/gunicorn.conf.py gives a process
-    allowed to run on `cpus`, read by running the file as gunicorn does, in a child."""
+@pytest.mark.parametrize("cores", [1, 2, 16])
+def test_a_worker_per_core_each_with_one_torch_thread(cores):
+    assert ServingSettings().layout(cores) == (cores, 8, 1)
+
+
+def test_one_worker_gets_every_core_as_torch_threads_and_named_settings_win():
+    assert ServingSettings(WEB_CONCURRENCY=1).layout(16) == (1, 8, 16)
+    assert ServingSettings(WEB_CONCURRENCY=3).layout(16) == (3, 8, 5)
+    named = ServingSettings(WEB_CONCURRENCY=3, GUNICORN_THREADS=4, TORCH_THREADS=2)
+    assert named.layout(16) == (3, 4, 2)
+
+
+def test_gunicorn_lays_out_the_cores_the_process_may_use(tmp_path):
+    """serving/gunicorn.conf.py, run as gunicorn reads it in a child pinned to one core, gives
+    one worker and hands its workers TORCH_THREADS."""
     code = (
         "import os, runpy; c = runpy.run_path('serving/gunicorn.conf.py'); "
         "print(c['workers'], c['threads'], os.environ['TORCH_THREADS'])"
     )
     layout = ("WEB_CONCURRENCY", "GUNICORN_THREADS", "TORCH_THREADS")
-    child_env = {k: v for k, v in os.environ.items() if k not in layout}
-    child_env.update(PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"), **env)
+    env = {k: v for k, v in os.environ.items() if k not in layout}
+    env.update(PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"), GUNICORN_THREADS="5")
+    one_core = {min(os.sched_getaffinity(0))}
     out = subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,
-        env=child_env,
-        preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+        env=env,
+        preexec_fn=lambda: os.sched_setaffinity(0, one_core),
         capture_output=True,
         text=True,
         check=True,
     )
-    workers, threads, torch_threads = map(int, out.stdout.split())
-    return workers, threads, torch_threads
-
-
-@pytest.mark.parametrize("cores", sorted({1, len(os.sched_getaffinity(0))}))
-def test_gunicorn_runs_a_worker_per_core_each_with_one_torch_thread(tmp_path, cores):
-    cpus = set(sorted(os.sched_getaffinity(0))[:cores])
-    assert gunicorn_layout(tmp_path, cpus) == (cores, 8, 1)
-
-
-def test_one_worker_gets_every_core_as_torch_threads_and_named_settings_win(tmp_path):
-    cpus = os.sched_getaffinity(0)
-    assert gunicorn_layout(tmp_path, cpus, WEB_CONCURRENCY="1") == (1, 8, len(cpus))
-    named = {"WEB_CONCURRENCY": "3", "GUNICORN_THREADS": "4", "TORCH_THREADS": "2"}
-    assert gunicorn_layout(tmp_path, cpus, **named) == (3, 4, 2)
+    assert out.stdout.split() == ["1", "5", "1"]
