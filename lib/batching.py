@@ -1,10 +1,11 @@
 """Adaptive batching: the requests that arrive while the model is busy are run together.
 
-One runner thread owns the model. A request thread hands its images to `Batcher.predict` and
-waits; the runner takes the oldest waiting request and every request queued behind it, up to
-`max_size` images, makes one model call for them all and hands each request its own rows. A
-lone request runs at once (with `max_wait_s` 0, the default): batches form only from requests
-that queued while the model was busy, so batching adds no wait, it only removes some.
+A request thread hands its images to `Batcher.predict`. When the model is free and nothing
+waits (and `max_wait_s` is 0, the default), it makes the model call itself, at once and with
+no handoff. Otherwise it queues its images and waits: a runner thread takes the oldest waiting
+request and every request queued behind it, up to `max_size` images, makes one model call for
+them all and hands each request its own rows. One call at a time: batches form from the
+requests that queued while the model was busy, so batching adds no wait, it only removes some.
 
 `predict` takes a (B, ...) array and returns a dataclass whose every field is an array with B
 rows (lib.inference.Predictor.predict and its Prediction).
@@ -59,23 +60,38 @@ class Batcher:
         self._predict, self._observe = predict, observe
         self._waiting: deque[_Request] = deque()
         self._changed = threading.Condition()
+        self._model = threading.Lock()  # held by the thread making a model call
         threading.Thread(target=self._run, name="batcher", daemon=True).start()
 
     def predict(self, pixels: np.ndarray) -> Any:
         """`predict(pixels)` as the model would answer it, computed in a batch with whatever
         other requests wait at the same time; blocks until then. Raises BatchFailed."""
         request = _Request(pixels)
-        with self._changed:
-            self._waiting.append(request)
-            self._changed.notify()
-        request.done.wait()
+        if self._runs_alone_now():
+            try:
+                self._answer([request])
+            finally:
+                self._model.release()
+        else:
+            with self._changed:
+                self._waiting.append(request)
+                self._changed.notify()
+            request.done.wait()
         if request.error is not None:
             raise BatchFailed(f"the model failed on a batch: {request.error}") from request.error
         return request.result
 
+    def _runs_alone_now(self) -> bool:
+        """True, holding the model, when a request would be a batch of its own at once."""
+        alone = self.max_wait_s == 0 and not self._waiting
+        return alone and self._model.acquire(blocking=False)
+
     def _run(self) -> None:
         while True:
-            self._answer(self._next_batch())
+            with self._changed:
+                self._changed.wait_for(lambda: self._waiting)
+            with self._model:
+                self._answer(self._next_batch())
 
     def _next_batch(self) -> list[_Request]:
         """The oldest request and those queued behind it that fit in max_size images (a request

@@ -7,8 +7,9 @@ pools do not survive a fork), before it accepts a connection.
 
 The process layout: one worker per core by default (WEB_CONCURRENCY), each with its own model
 and one torch thread (TORCH_THREADS defaults to cores / workers). A worker's request threads
-read, decode, log and answer while its one batcher thread makes every model call
-(lib.batching): the requests that arrive while its model is busy are computed as one batch.
+read, decode, log and answer, and its model makes one call at a time (lib.batching): a lone
+request calls it at once, and the requests that arrive while it is busy are computed as one
+batch by the worker's batcher thread.
 Workers, not threads, spread the Python of requests and model over the cores: one interpreter
 runs one thread at a time. A large model whose lone request gains from every core is served
 with WEB_CONCURRENCY=1 (docs/serving.md, the layout).

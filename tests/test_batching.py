@@ -29,11 +29,13 @@ class Model:
 
     def __init__(self):
         self.batches: list[int] = []
+        self.threads: list[str] = []  # the thread each call ran in
         self.entered, self.released = threading.Event(), threading.Event()
         self.released.set()
 
     def __call__(self, pixels: np.ndarray) -> Answer:
         self.batches.append(len(pixels))
+        self.threads.append(threading.current_thread().name)
         self.entered.set()
         self.released.wait()
         if (pixels == POISON).any():
@@ -101,16 +103,20 @@ def test_requests_waiting_for_a_busy_model_share_one_call_and_get_their_own_rows
 
     assert_all_own_rows([first, *waiting], [images(1, 1000), *requests])
     assert model.batches == [1, 8]  # six requests, two model calls
+    assert model.threads[1] == "batcher"  # the first ran in its own thread, the rest queued
     assert [(n, len(waits)) for n, waits in observed] == [(1, 1), (8, 5)]
     assert all(wait >= 0 for _, waits in observed for wait in waits)
 
 
-def test_a_lone_request_runs_at_once_when_max_wait_is_zero(pool):
+def test_a_lone_request_runs_at_once_in_its_own_thread_when_max_wait_is_zero(pool):
     model = Model()
     batcher = Batcher(model, max_size=16, max_wait_s=0)
     # Were it to wait for max_size images, the result would never come.
     assert_own_rows(pool.submit(batcher.predict, images(2, 5)), images(2, 5))
-    assert model.batches == [2]
+    answer = batcher.predict(images(1, 9))
+    np.testing.assert_array_equal(answer.doubled, images(1, 9) * 2)
+    assert model.batches == [2, 1]
+    assert model.threads[1] == threading.current_thread().name  # no handoff to the runner
 
 
 def test_a_batch_waits_up_to_max_wait_for_more_requests_or_until_it_is_full(pool):
