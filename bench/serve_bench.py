@@ -33,7 +33,10 @@ in the same folder format. For each:
 3. Load: a client process, started per cell, whose threads POST real JPEGs (lib.synthetic) as
    image/jpeg, one per request, each on a fresh connection (as nginx talks to its upstreams
    by default; --keep-alive for persistent ones), closed loop at concurrency 1, 4 and 16 for
-   --duration seconds after a warm-up. Printed: requests/s, p50 / p95 / p99 latency, errors,
+   --duration seconds after a warm-up. All the servers run at once and take turns, in rounds:
+   each round gives each server each concurrency for its share of --duration, so that the
+   machine's drift (on a shared VM, a third from one minute to the next) falls on every
+   contender alike. Printed: requests/s, p50 / p95 / p99 latency, errors,
    the server's CPU time per request (all its processes, from /proc) and the client's; ours /
    fastapi and ours / naive for throughput and p99 at each concurrency.
 4. Share of the peak: images/s x the model's FLOPs per image (counted from its config:
@@ -50,6 +53,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import itertools
 import json
 import multiprocessing
 import os
@@ -81,6 +85,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CONCURRENCY = (1, 4, 16)
 DURATION = {"tiny": 8.0, "vitb": 15.0}  # seconds measured per cell
+ROUNDS = {"tiny": 4, "vitb": 1}  # turns per cell (a ViT-B request at 16 takes seconds)
 VIT_BASE = {
     "image_size": 224,
     "patch_size": 16,
@@ -107,6 +112,23 @@ class Cell:
     total: int  # requests made, warm-up included
     client_ms: float  # the client process's CPU time per request made
     cpu_ms: float = np.nan  # the server's CPU time (all its processes) per request made
+
+    @classmethod
+    def pooled(cls, turns: list[Cell]) -> Cell:
+        """The turns of one cell as one: every request, times per request averaged over all."""
+        total = sum(turn.total for turn in turns)
+
+        def per_request(name: str) -> float:
+            return sum(getattr(turn, name) * turn.total for turn in turns) / max(total, 1)
+
+        return cls(
+            latencies=np.concatenate([turn.latencies for turn in turns]),
+            errors=sum(turn.errors for turn in turns),
+            seconds=sum(turn.seconds for turn in turns),
+            total=total,
+            client_ms=per_request("client_ms"),
+            cpu_ms=per_request("cpu_ms"),
+        )
 
     @property
     def rps(self) -> float:
@@ -472,15 +494,13 @@ def load(
 
 
 def measure(
-    serve: Server, images: list[bytes], seconds: float, keep_alive: bool
-) -> dict[int, Cell]:
-    cells = {}
-    with serve as (port, pid):
-        for c in CONCURRENCY:
-            before = cpu_seconds(pid)
-            cells[c] = load(port, images, c, seconds, keep_alive)
-            cells[c].cpu_ms = (cpu_seconds(pid) - before) * 1000 / max(cells[c].total, 1)
-    return cells
+    port: int, pid: int, images: list[bytes], c: int, seconds: float, keep_alive: bool
+) -> Cell:
+    """One turn of one server at concurrency c, with the server's CPU time per request."""
+    before = cpu_seconds(pid)
+    cell = load(port, images, c, seconds, keep_alive)
+    cell.cpu_ms = (cpu_seconds(pid) - before) * 1000 / max(cell.total, 1)
+    return cell
 
 
 def cpu_seconds(pid: int) -> float:
@@ -603,8 +623,8 @@ def bench_model(
         print_accuracy(precision_accuracy(run, folder))
     chosen = args.precision.get(name) or max(("fp32", "bf16"), key=lambda p: speeds[p][1])
     seconds = args.duration or DURATION[name]
-    results = serve_all(folder, chosen, args, images, seconds, tmp)
-    print_cells(title, describe(used, args, seconds), results)
+    results = serve_all(folder, chosen, args, images, seconds, ROUNDS[name], tmp)
+    print_cells(title, describe(used, args, seconds, ROUNDS[name]), results)
     print_ratios(results)
     print_peak_share(title, flops_per_image(folder), peak, speeds, results)
 
@@ -615,20 +635,35 @@ def serve_all(
     args: argparse.Namespace,
     images: list[bytes],
     seconds: float,
+    rounds: int,
     tmp: Path,
 ) -> list[Served]:
-    """Ours at the chosen precision and in int8, then each baseline: one at a time."""
-    results = []
-    for precision in dict.fromkeys((chosen, "int8")):  # int8 beside the choice, once
-        serve = ours(ours_environment(folder, precision, args, tmp), tmp)
-        results.append(Served("ours", precision, measure(serve, images, seconds, args.keep_alive)))
-    for name in BASELINES:
-        serve = baseline(name, folder, tmp)
-        results.append(Served(name, "fp32", measure(serve, images, seconds, args.keep_alive)))
-    return results
+    """Ours at the chosen precision and in int8, and each baseline, all started at once; then
+    `rounds` rounds in which each takes its turn at each concurrency."""
+    contenders = [("ours", precision) for precision in dict.fromkeys((chosen, "int8"))]
+    contenders += [(name, "fp32") for name in BASELINES]
+    turns: dict[tuple[str, str, int], list[Cell]] = {}
+    with contextlib.ExitStack() as running:
+        servers = [
+            running.enter_context(
+                ours(ours_environment(folder, precision, args, tmp), tmp)
+                if name == "ours"
+                else baseline(name, folder, tmp)
+            )
+            for name, precision in contenders
+        ]
+        for _, c, (contender, (port, pid)) in itertools.product(
+            range(rounds), CONCURRENCY, zip(contenders, servers, strict=True)
+        ):
+            cell = measure(port, pid, images, c, seconds / rounds, args.keep_alive)
+            turns.setdefault((*contender, c), []).append(cell)
+    return [
+        Served(name, precision, {c: Cell.pooled(turns[name, precision, c]) for c in CONCURRENCY})
+        for name, precision in contenders
+    ]
 
 
-def describe(used: Layout, args: argparse.Namespace, seconds: float) -> str:
+def describe(used: Layout, args: argparse.Namespace, seconds: float, rounds: int) -> str:
     """The contenders and the load, for the table's head."""
     given = given_layout(args) or any(name in os.environ for name in LAYOUT)
     source = "as given" if given else "production's defaults"
@@ -638,7 +673,8 @@ def describe(used: Layout, args: argparse.Namespace, seconds: float) -> str:
         f" {used.threads} thread(s), TORCH_THREADS={used.torch_threads} ({source})\n"
         "  fastapi = FastAPI + uvicorn, 1 process, a def endpoint in FastAPI's threadpool;"
         " naive = Flask dev server, 1 process; both fp32, torch's default threads\n"
-        f"  {seconds:g} s per cell, {connections}; the client: a process of its own,"
+        f"  {seconds:g} s per cell in {rounds} turn(s), the servers in turn; {connections};"
+        " the client: a process of its own,"
         " one thread per concurrent request"
     )
 
