@@ -6,6 +6,8 @@ machine's own measured peak.
     python bench/serve_bench.py --models tiny --duration 4       # a quick look
     python bench/serve_bench.py --model-run TrainFlow/1234 --precision vitb=int8
     python bench/serve_bench.py --workers 1 --threads 4          # other gunicorn settings
+    BATCH_MAX_SIZE=64 python bench/serve_bench.py --models vitb --precision vitb=bf16 \
+        --workers 1 --threads 64 --concurrency 1,64 --baselines '' --batch-one   # on a GPU
 
 First the machine: the CPU's model and its matrix-multiply extensions (avx2, avx512f,
 avx512_vnni / avx_vnni, amx_tile, ...: read from /proc/cpuinfo) and the peak it reaches with
@@ -20,25 +22,27 @@ in the same folder format. For each:
 1. In this process: Predictor.predict images/s in fp32, bf16 and int8 at batch 1 and 8, with
    the torch threads one gunicorn worker gets; for the trained model also the test split's
    mean accuracy in each precision (the run's thresholds) and the share of decisions changed.
-2. Servers, one at a time: ours = gunicorn with serving/gunicorn.conf.py as production runs
-   it (MODEL_DIR; workers, threads and TORCH_THREADS as lib.settings.ServingSettings.layout
-   gives them for this environment and machine, unless --workers / --threads /
-   --torch-threads; the layout used is printed), at whichever of fp32 and bf16 was faster
-   at batch 1 (int8 changes answers, so only --precision makes it the choice); ours again in
-   int8; fastapi (bench/fastapi_server.py: FastAPI + uvicorn, one process, a plain `def`
-   endpoint run in FastAPI's threadpool); and naive (bench/naive_server.py: Flask's threaded
-   development server, one process). Both baselines: an HF image processor and a model call
-   per request, fp32, torch's default threads, waiting for work as ours do (OMP_WAIT_POLICY)
-   (bench/baseline.py).
+2. Servers (--baselines chooses which of the two others): ours = gunicorn with
+   serving/gunicorn.conf.py as production runs it (MODEL_DIR; workers, threads and
+   TORCH_THREADS as lib.settings.ServingSettings.layout gives them for this environment and
+   machine, unless --workers / --threads / --torch-threads; the layout used is printed), at
+   whichever of fp32 and bf16 was faster at batch 1 (int8 changes answers, so only --precision
+   makes it the choice); ours again in int8 (not on a GPU: torch's dynamic int8 runs on the
+   CPU); with --batch-one, ours again with BATCH_MAX_SIZE=1 (a model call per image: what
+   adaptive batching is measured against); fastapi (bench/fastapi_server.py: FastAPI +
+   uvicorn, one process, a plain `def` endpoint run in FastAPI's threadpool); and naive
+   (bench/naive_server.py: Flask's threaded development server, one process). Both
+   baselines: an HF image processor and a model call per request, fp32, torch's default
+   threads, waiting for work as ours do (OMP_WAIT_POLICY) (bench/baseline.py).
 3. Load: a client process, started per cell, whose threads POST real JPEGs (lib.synthetic) as
    image/jpeg, one per request, each on a fresh connection (as nginx talks to its upstreams
-   by default; --keep-alive for persistent ones), closed loop at concurrency 1, 4 and 16 for
-   --duration seconds after a warm-up. All the servers run at once and take turns, in rounds:
-   each round gives each server each concurrency for its share of --duration, so that the
-   machine's drift (on a shared VM, a third from one minute to the next) falls on every
-   contender alike. Printed: requests/s, p50 / p95 / p99 latency, errors,
-   the server's CPU time per request (all its processes, from /proc) and the client's; ours /
-   fastapi and ours / naive for throughput and p99 at each concurrency.
+   by default; --keep-alive for persistent ones), closed loop at concurrency 1, 4 and 16
+   (--concurrency) for --duration seconds after a warm-up. All the servers run at once and
+   take turns, in rounds: each round gives each server each concurrency for its share of
+   --duration, so that the machine's drift (on a shared VM, a third from one minute to the
+   next) falls on every contender alike. Printed: requests/s, p50 / p95 / p99 latency,
+   errors, the server's CPU time per request (all its processes, from /proc) and the
+   client's; ours / fastapi and ours / naive for throughput and p99 at each concurrency.
 4. Share of the peak: images/s x the model's FLOPs per image (counted from its config:
    patch embedding, attention and MLP matmuls of every layer, the head) over the measured
    peak, fp32 and int8: in process at batch 1 and 8, and served at each concurrency.
@@ -95,7 +99,11 @@ VIT_BASE = {
     "intermediate_size": 3072,
 }
 READY_TIMEOUT = 300.0
-BASELINES = ("fastapi", "naive")  # bench/<name>_server.py, fp32
+BASELINE_SERVERS = {  # bench/<name>_server.py, fp32
+    "fastapi": "FastAPI + uvicorn, 1 process, a def endpoint in its threadpool",
+    "naive": "Flask's development server, 1 process",
+}
+BASELINES = tuple(BASELINE_SERVERS)
 # The extensions a CPU's matrix multiplies run on, as /proc/cpuinfo names them.
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8")
 PEAK_SIZES = (1024, 2048)  # the peak's square matrices: the fastest of them counts
@@ -150,7 +158,7 @@ class Layout(NamedTuple):
 class Served:
     """One server's cells."""
 
-    server: str  # ours, or one of BASELINES
+    server: str  # ours, ours-b1 (BATCH_MAX_SIZE=1), or one of BASELINES
     precision: str
     cells: dict[int, Cell]
 
@@ -552,17 +560,17 @@ def print_cells(name: str, label: str, results: list[Served]) -> None:
 
 
 def print_ratios(results: list[Served]) -> None:
-    """Each of ours against each baseline: throughput and p99 at each concurrency."""
-    baselines = [served for served in results if served.server in BASELINES]
+    """Ours against each of the others (the baselines, ours-b1): throughput and p99 at each
+    concurrency."""
+    others = [served for served in results if served.server != "ours"]
     for served in results:
-        if served.server in BASELINES:
+        if served.server != "ours" or not others:
             continue
-        for c in CONCURRENCY:
-            a = served.cells[c]
+        for c, a in served.cells.items():
             versus = "   ".join(
-                f"/ {b.server}: throughput {ratio(a.rps, b.cells[c].rps):5.2f}x,"
+                f"/ {b.name}: throughput {ratio(a.rps, b.cells[c].rps):5.2f}x,"
                 f" p99 {ratio(a.ms(99), b.cells[c].ms(99)):5.2f}x"
-                for b in baselines
+                for b in others
             )
             print(f"  {served.name} at {c:2d}  {versus}")
 
@@ -606,6 +614,20 @@ def parse_precisions(text: str) -> dict[str, str]:
     return pairs
 
 
+def numbers(text: str) -> tuple[int, ...]:
+    return tuple(int(item) for item in text.split(",") if item)
+
+
+def names(known: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        given = tuple(item for item in text.split(",") if item)
+        if unknown := set(given) - set(known):
+            raise argparse.ArgumentTypeError(f"unknown {sorted(unknown)}; known: {list(known)}")
+        return given
+
+    return parse
+
+
 def bench_model(
     name: str, args: argparse.Namespace, images: list[bytes], peak: dict[str, float], tmp: Path
 ) -> None:
@@ -638,29 +660,41 @@ def serve_all(
     rounds: int,
     tmp: Path,
 ) -> list[Served]:
-    """Ours at the chosen precision and in int8, and each baseline, all started at once; then
-    `rounds` rounds in which each takes its turn at each concurrency."""
-    contenders = [("ours", precision) for precision in dict.fromkeys((chosen, "int8"))]
-    contenders += [(name, "fp32") for name in BASELINES]
+    """Ours at the chosen precision and in int8 (on a CPU: torch's int8 is CPU-only), ours
+    answering one image per model call with --batch-one, and each baseline, all started at
+    once; then `rounds` rounds in which each takes its turn at each concurrency."""
+    precisions = (chosen,) if torch.cuda.is_available() else (chosen, "int8")
+    contenders = [("ours", precision) for precision in dict.fromkeys(precisions)]
+    contenders += [("ours-b1", chosen)] if args.batch_one else []
+    contenders += [(name, "fp32") for name in args.baselines]
     turns: dict[tuple[str, str, int], list[Cell]] = {}
     with contextlib.ExitStack() as running:
         servers = [
-            running.enter_context(
-                ours(ours_environment(folder, precision, args, tmp), tmp)
-                if name == "ours"
-                else baseline(name, folder, tmp)
-            )
+            running.enter_context(contender(name, precision, folder, args, tmp))
             for name, precision in contenders
         ]
-        for _, c, (contender, (port, pid)) in itertools.product(
-            range(rounds), CONCURRENCY, zip(contenders, servers, strict=True)
+        for _, c, (named, (port, pid)) in itertools.product(
+            range(rounds), args.concurrency, zip(contenders, servers, strict=True)
         ):
             cell = measure(port, pid, images, c, seconds / rounds, args.keep_alive)
-            turns.setdefault((*contender, c), []).append(cell)
+            turns.setdefault((*named, c), []).append(cell)
     return [
-        Served(name, precision, {c: Cell.pooled(turns[name, precision, c]) for c in CONCURRENCY})
+        Served(
+            name, precision, {c: Cell.pooled(turns[name, precision, c]) for c in args.concurrency}
+        )
         for name, precision in contenders
     ]
+
+
+def contender(
+    name: str, precision: str, folder: Path, args: argparse.Namespace, tmp: Path
+) -> Server:
+    if name in BASELINES:
+        return baseline(name, folder, tmp)
+    env = ours_environment(folder, precision, args, tmp)
+    if name == "ours-b1":
+        env["BATCH_MAX_SIZE"] = "1"
+    return ours(env, tmp)
 
 
 def describe(used: Layout, args: argparse.Namespace, seconds: float, rounds: int) -> str:
@@ -668,12 +702,15 @@ def describe(used: Layout, args: argparse.Namespace, seconds: float, rounds: int
     given = given_layout(args) or any(name in os.environ for name in LAYOUT)
     source = "as given" if given else "production's defaults"
     connections = "keep-alive connections" if args.keep_alive else "a connection per request"
+    lines = ["ours-b1 = ours with BATCH_MAX_SIZE=1"] if args.batch_one else []
+    lines += [
+        f"{name} = {BASELINE_SERVERS[name]}; fp32, torch's threads" for name in args.baselines
+    ]
     return (
         f"  ours = gunicorn (serving/gunicorn.conf.py), {used.workers} worker(s) x"
         f" {used.threads} thread(s), TORCH_THREADS={used.torch_threads} ({source})\n"
-        "  fastapi = FastAPI + uvicorn, 1 process, a def endpoint in FastAPI's threadpool;"
-        " naive = Flask dev server, 1 process; both fp32, torch's default threads\n"
-        f"  {seconds:g} s per cell in {rounds} turn(s), the servers in turn; {connections};"
+        + "".join(f"  {line}\n" for line in lines)
+        + f"  {seconds:g} s per cell in {rounds} turn(s), the servers in turn; {connections};"
         " the client: a process of its own,"
         " one thread per concurrent request"
     )
@@ -707,6 +744,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--torch-threads", type=int, help=f"TORCH_THREADS for ours {default}")
     parser.add_argument(
         "--keep-alive", action="store_true", help="one connection per client thread"
+    )
+    parser.add_argument(
+        "--concurrency", type=numbers, default=CONCURRENCY, help="comma-separated, e.g. 1,64"
+    )
+    parser.add_argument(
+        "--baselines",
+        type=names(BASELINES),
+        default=BASELINES,
+        help=f"comma-separated, of {', '.join(BASELINES)} (empty: none)",
+    )
+    parser.add_argument(
+        "--batch-one",
+        action="store_true",
+        help="also ours with BATCH_MAX_SIZE=1: a model call per image, no batching",
     )
     args = parser.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
