@@ -11,9 +11,9 @@ machine's own measured peak.
 
 First the machine: the CPU's model and its matrix-multiply extensions (avx2, avx512f,
 avx512_vnni / avx_vnni, amx_tile, ...: read from /proc/cpuinfo) and the peak it reaches with
-all cores, timed here: fp32 GFLOP/s of a square torch.mm, and int8 GOP/s of a dynamically
-quantised square nn.Linear (what PRECISION=int8 runs), counting 2*M*N*K; the fastest of three
-timings at 1024 and at 2048.
+all cores, timed here: fp32 and bf16 GFLOP/s of a square torch.mm, and int8 GOP/s of a
+dynamically quantised square nn.Linear (what PRECISION=int8 runs), counting 2*M*N*K; the
+fastest of three timings at 1024 and at 2048.
 
 Two models: `tiny`, a trained TrainFlow run (the champion unless --model-run) exported with
 lib.export, and `vitb`, a ViT-B/16-sized model (224 px, 86M parameters) with random weights
@@ -198,17 +198,23 @@ def rate(step: Callable[[], object], amount: float, seconds: float) -> float:
 def measured_peak(seconds: float = 0.5) -> dict[str, float]:
     """{precision: operations/s} of a large matrix multiply on all cores, the fastest of
     PEAK_WINDOWS windows at each of PEAK_SIZES (a single timing reads low when the clock or a
-    neighbour moves): fp32 torch.mm, and int8 a dynamically quantised nn.Linear
-    (lib.inference.quantize_int8, as PRECISION=int8 serves) at batch = size; 2 * M * N * K
-    operations per call."""
+    neighbour moves): fp32 and bf16 torch.mm, and int8 a dynamically quantised nn.Linear
+    (lib.inference.quantize_int8, as PRECISION=int8 serves; inside a Sequential, as
+    quantize_dynamic swaps a module's children, not the module) at batch = size;
+    2 * M * N * K operations per call."""
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)
-    peak = dict.fromkeys(("fp32", "int8"), 0.0)
+    peak = dict.fromkeys(PRECISIONS, 0.0)
     try:
         for size in PEAK_SIZES:
             a, b = torch.randn(size, size), torch.randn(size, size)
-            linear = quantize_int8(torch.nn.Linear(size, size, bias=False))
-            steps = {"fp32": lambda: torch.mm(a, b), "int8": lambda: linear(a)}  # noqa: B023
+            a16, b16 = a.bfloat16(), b.bfloat16()
+            linear = quantize_int8(torch.nn.Sequential(torch.nn.Linear(size, size, bias=False)))
+            steps = {
+                "fp32": lambda: torch.mm(a, b),  # noqa: B023
+                "bf16": lambda: torch.mm(a16, b16),  # noqa: B023
+                "int8": lambda: linear(a),  # noqa: B023
+            }
             with torch.no_grad():
                 for precision, step in steps.items():
                     for _ in range(PEAK_WINDOWS):
@@ -772,8 +778,8 @@ def main(argv: list[str] | None = None) -> None:
     peak = measured_peak()
     print(
         f"peak, all cores, the fastest of {PEAK_WINDOWS} timings at each of sizes {PEAK_SIZES}: "
-        f"fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s"
-        f" (torch.mm), int8 {peak['int8'] / 1e9:.1f} GOP/s (quantize_dynamic nn.Linear)"
+        f"fp32 {peak['fp32'] / 1e9:.1f}, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s (torch.mm),"
+        f" int8 {peak['int8'] / 1e9:.1f} GOP/s (quantize_dynamic nn.Linear)"
     )
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as scratch:
         tmp = Path(scratch)
