@@ -23,14 +23,14 @@ from typing import Any
 
 import numpy as np
 
-# Called by the runner as each model call starts: its images, and each request's wait in the
-# queue (seconds from predict() to the call).
+# Called as each model call starts: its images, and each request's wait (seconds from
+# predict() to the call; about 0 for a lone request that calls the model itself).
 BatchObserver = Callable[[int, list[float]], None]
 
 
 class BatchFailed(RuntimeError):
     """The model call that held this request's images raised (the cause); every request of that
-    batch gets one, and the runner goes on with the next batch."""
+    batch gets one, and the next call goes on as usual."""
 
 
 @dataclass
@@ -47,7 +47,8 @@ class _Request:
 
 
 class Batcher:
-    """A runner thread, started here, that answers `predict` calls in batches."""
+    """Answers `predict` calls one model call at a time: a lone request in its own thread, the
+    requests that queued meanwhile in batches, by a runner thread started here."""
 
     def __init__(
         self,
@@ -82,9 +83,11 @@ class Batcher:
         return request.result
 
     def _runs_alone_now(self) -> bool:
-        """True, holding the model, when a request would be a batch of its own at once."""
-        alone = self.max_wait_s == 0 and not self._waiting
-        return alone and self._model.acquire(blocking=False)
+        """True, holding the model, when a request would be a batch of its own at once. Checked
+        under the queue's lock, which queuing takes too: no request overtakes a queued one."""
+        with self._changed:
+            alone = self.max_wait_s == 0 and not self._waiting
+            return alone and self._model.acquire(blocking=False)
 
     def _run(self) -> None:
         while True:

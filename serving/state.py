@@ -1,8 +1,9 @@
 """The process-wide things a worker holds: the model, its batcher and the prediction log.
 
-Every /predict of a worker goes through its one lib.batching.Batcher: the batcher's runner
-thread makes the model calls, in batches of the requests that wait for it, with TORCH_THREADS
-torch threads (gunicorn: the cores divided among the workers, so a lone request has them all).
+Every /predict of a worker goes through its one lib.batching.Batcher: one model call at a time,
+a lone request's in its own thread, the requests that waited meanwhile as one batch in the
+batcher's runner thread, each with TORCH_THREADS torch threads (gunicorn: the cores divided
+among the workers).
 
 The model loads in the background by default, so the app answers /healthz and /readyz while it
 loads; under gunicorn the worker loads it before it accepts a connection (create_app's

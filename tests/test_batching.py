@@ -160,3 +160,13 @@ def test_a_failing_model_call_fails_only_its_batch_and_the_next_request_is_answe
         assert isinstance(failed.value.__cause__, ValueError)
     assert_own_rows(pool.submit(batcher.predict, images(3, 7)), images(3, 7))
     assert model.batches == [1, 3, 3]
+
+
+def test_a_lone_request_whose_call_fails_gets_the_error_and_the_model_is_free_again():
+    model = Model()
+    batcher = Batcher(model, max_size=16)
+    with pytest.raises(BatchFailed, match="poisoned pixels"):
+        batcher.predict(np.full((1, 2, 2), POISON))
+    answer = batcher.predict(images(1, 3))
+    np.testing.assert_array_equal(answer.doubled, images(1, 3) * 2)
+    assert model.threads == [threading.current_thread().name] * 2  # both ran here, alone
