@@ -74,12 +74,22 @@ def test_the_readme_table_of_variables_is_generated_from_the_definition():
     assert table == markdown_table(), "run `python -m lib.settings README.md` to regenerate it"
 
 
+LAYOUT = ("WEB_CONCURRENCY", "GUNICORN_THREADS", "TORCH_THREADS")
+
+
+@pytest.fixture
+def default_layout(monkeypatch):
+    """No layout variable from the environment the tests run in."""
+    for name in LAYOUT:
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.mark.parametrize("cores", [1, 2, 16])
-def test_a_worker_per_core_each_with_one_torch_thread(cores):
+def test_a_worker_per_core_each_with_one_torch_thread(default_layout, cores):
     assert ServingSettings().layout(cores) == (cores, 8, 1)
 
 
-def test_one_worker_gets_every_core_as_torch_threads_and_named_settings_win():
+def test_one_worker_gets_every_core_as_torch_threads_and_named_settings_win(default_layout):
     assert ServingSettings(WEB_CONCURRENCY=1).layout(16) == (1, 8, 16)
     assert ServingSettings(WEB_CONCURRENCY=3).layout(16) == (3, 8, 5)
     named = ServingSettings(WEB_CONCURRENCY=3, GUNICORN_THREADS=4, TORCH_THREADS=2)
@@ -93,8 +103,7 @@ def test_gunicorn_lays_out_the_cores_the_process_may_use(tmp_path):
         "import os, runpy; c = runpy.run_path('serving/gunicorn.conf.py'); "
         "print(c['workers'], c['threads'], os.environ['TORCH_THREADS'])"
     )
-    layout = ("WEB_CONCURRENCY", "GUNICORN_THREADS", "TORCH_THREADS")
-    env = {k: v for k, v in os.environ.items() if k not in layout}
+    env = {k: v for k, v in os.environ.items() if k not in LAYOUT}
     env.update(PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"), GUNICORN_THREADS="5")
     one_core = {min(os.sched_getaffinity(0))}
     out = subprocess.run(
