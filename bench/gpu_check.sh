@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU checks, as one prepared script for a lent GPU machine (about 8 minutes on an H200):
+# The GPU checks, as one prepared script for a lent GPU machine (about 6 minutes on an H200,
+# an estimate: give the device call its 600 s and keep the rest of the lease for a rerun):
 #
 #     bash bench/gpu_check.sh            # on a GPU machine
 #     bash bench/gpu_check.sh --smoke    # anywhere: the training part on CPU with a tiny model
@@ -18,7 +19,7 @@ PYTHON=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
-"$PYTHON" bench/gpu_bench.py "$@"
+"$PYTHON" bench/gpu_bench.py "$@" || echo "gpu_bench.py failed (exit $?); serving goes on"
 if [[ " $* " == *" --smoke "* ]]; then
     exit 0
 fi
