@@ -42,10 +42,12 @@ in the same folder format. For each:
    --duration, so that the machine's drift (on a shared VM, a third from one minute to the
    next) falls on every contender alike. Printed: requests/s, p50 / p95 / p99 latency,
    errors, the server's CPU time per request (all its processes, from /proc) and the
-   client's; ours / fastapi and ours / naive for throughput and p99 at each concurrency.
-4. Share of the peak: images/s x the model's FLOPs per image (counted from its config:
-   patch embedding, attention and MLP matmuls of every layer, the head) over the measured
-   peak, fp32 and int8: in process at batch 1 and 8, and served at each concurrency.
+   client's; ours against each baseline, and against ours-b1 at the same precision, for
+   throughput and p99 at each concurrency.
+4. Share of the peak (CPU only: the peak is the CPU's): images/s x the model's FLOPs per image
+   (counted from its config: patch embedding, attention and MLP matmuls of every layer, the
+   head) over the measured peak of the same precision, fp32, bf16 and int8: in process at
+   batch 1 and 8, and served at each concurrency.
 
 The client and anything else running share the cores with the servers: req/s, latency and the
 peak move with the machine's load (printed at start and end), CPU ms per request much less.
@@ -566,10 +568,15 @@ def print_cells(name: str, label: str, results: list[Served]) -> None:
 
 
 def print_ratios(results: list[Served]) -> None:
-    """Ours against each of the others (the baselines, ours-b1): throughput and p99 at each
-    concurrency."""
-    others = [served for served in results if served.server != "ours"]
+    """Ours against each of the others, throughput and p99 at each concurrency: the baselines,
+    and ours-b1 at the same precision (batching, not precision, is what it measures)."""
     for served in results:
+        others = [
+            other
+            for other in results
+            if other.server in BASELINES
+            or (other.server == "ours-b1" and other.precision == served.precision)
+        ]
         if served.server != "ours" or not others:
             continue
         for c, a in served.cells.items():
@@ -654,7 +661,8 @@ def bench_model(
     results = serve_all(folder, chosen, args, images, seconds, ROUNDS[name], tmp)
     print_cells(title, describe(used, args, seconds, ROUNDS[name]), results)
     print_ratios(results)
-    print_peak_share(title, flops_per_image(folder), peak, speeds, results)
+    if not torch.cuda.is_available():  # the peak is the CPU's
+        print_peak_share(title, flops_per_image(folder), peak, speeds, results)
 
 
 def serve_all(
