@@ -99,9 +99,9 @@ class Batcher:
     def _next_batch(self) -> list[_Request]:
         """The oldest request and those queued behind it that fit in max_size images (a request
         larger than that alone), once max_wait_s has passed since the oldest arrived or the
-        queue holds max_size images."""
+        queue holds max_size images. The runner calls it once a request waits (only it takes
+        requests off the queue)."""
         with self._changed:
-            self._changed.wait_for(lambda: self._waiting)
             deadline = self._waiting[0].enqueued + self.max_wait_s
             while self.images_waiting() < self.max_size and time.monotonic() < deadline:
                 self._changed.wait(deadline - time.monotonic())
