@@ -89,7 +89,7 @@ class ModelConfig(Section):
     image_size: int = Field(64, gt=0, description="input side in pixels")
     patch_size: int = Field(16, gt=0, description="ViT patch side in pixels (from scratch)")
     hidden_size: int = Field(128, gt=0, description="ViT width (from scratch)")
-    num_hidden_layers: int = Field(4, gt=0, description="ViT depth (from scratch)")
+    num_hidden_layers: int = Field(3, gt=0, description="ViT depth (from scratch)")
     num_attention_heads: int = Field(4, gt=0, description="attention heads (from scratch)")
     intermediate_size: int = Field(256, gt=0, description="MLP width (from scratch)")
     image_mean: list[float] = Field(
@@ -113,8 +113,8 @@ class ModelConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(5, gt=0, description="passes over the training split")
-    batch_size: int = Field(128, gt=0, description="images per step and process")
+    epochs: int = Field(4, gt=0, description="passes over the training split")
+    batch_size: int = Field(64, gt=0, description="images per step and process")
     learning_rate: float = Field(1e-3, gt=0, description="AdamW peak learning rate")
     weight_decay: float = Field(0.05, ge=0, description="AdamW decay (not on norms, biases)")
     warmup_ratio: float = Field(0.05, ge=0, le=1, description="share of steps warming up")

@@ -14,10 +14,13 @@ import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    import torch
 
 # Bump when decode_image() or preprocess() changes: the version is part of every cache key.
 PREPROCESS_VERSION = 3
@@ -127,7 +130,10 @@ def preprocess(image: Image.Image, size: int) -> np.ndarray:
 
 
 def to_model_input(pixels: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> float (B, 3, H, W), scaled to [0, 1] and normalised."""
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W), scaled to [0, 1] and normalised. torch
+    is imported here, not above: the data-preparation tasks read images without it."""
+    import torch
+
     mean = torch.tensor(preprocessing.mean, device=pixels.device).view(1, 3, 1, 1)
     std = torch.tensor(preprocessing.std, device=pixels.device).view(1, 3, 1, 1)
     x = pixels.permute(0, 3, 1, 2).float().div_(255.0)

@@ -14,7 +14,7 @@ from lib.synthetic import ATTRIBUTES
 
 def test_defaults_are_the_embedded_default_run():
     assert load().model_copy(update={"notes": ""}) == RunConfig()
-    assert load().model.image_size == 64 and load().train.epochs == 5
+    assert load().model.image_size == 64 and load().train.epochs == 4
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.json")), ids=lambda p: p.name)
