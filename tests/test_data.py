@@ -1,5 +1,7 @@
 import dataclasses
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -194,6 +196,17 @@ def test_any_decoder_failure_is_an_image_decode_error(format):
     Image.new("RGB", (8, 8)).save(buffer, format=format, exif=width_as_text)
     with pytest.raises(ImageDecodeError, match="cannot decode image"):
         decode_image(buffer.getvalue())
+
+
+def test_data_preparation_starts_without_torch():
+    """The flow's start and prepare_shard tasks import these; torch would add a second or more
+    to each task's start."""
+    code = "import sys, lib.prepare, lib.sources; print('torch' in sys.modules)"
+    root = Path(__file__).resolve().parents[1]
+    imported = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True
+    )
+    assert imported.stdout.strip() == "False", imported.stderr
 
 
 def test_preprocessing_round_trips_through_its_json():
