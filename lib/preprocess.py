@@ -130,9 +130,8 @@ def preprocess(image: Image.Image, size: int) -> np.ndarray:
 
 
 def to_model_input(pixels: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> float (B, 3, H, W), scaled to [0, 1] and normalised. torch
-    is imported here, not above: the data-preparation tasks read images without it."""
-    import torch
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W), scaled to [0, 1] and normalised."""
+    import torch  # here, not above: the data-preparation tasks read images without torch
 
     mean = torch.tensor(preprocessing.mean, device=pixels.device).view(1, 3, 1, 1)
     std = torch.tensor(preprocessing.std, device=pixels.device).view(1, 3, 1, 1)

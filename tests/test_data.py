@@ -199,12 +199,14 @@ def test_any_decoder_failure_is_an_image_decode_error(format):
 
 
 def test_data_preparation_starts_without_torch():
-    """The flow's start and prepare_shard tasks import these; torch would add a second or more
-    to each task's start."""
-    code = "import sys, lib.prepare, lib.sources; print('torch' in sys.modules)"
+    """The flow's start, prepare_shard and prepare_data tasks import these; torch would add a
+    second or more to each task's start."""
+    code = (
+        "import sys, lib.config, lib.prepare, lib.sources, lib.cards; print('torch' in sys.modules)"
+    )
     root = Path(__file__).resolve().parents[1]
     imported = subprocess.run(
-        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120
     )
     assert imported.stdout.strip() == "False", imported.stderr
 
