@@ -85,7 +85,7 @@ from lib import synthetic
 from lib.evaluate import summarize
 from lib.features import Projection
 from lib.inference import PRECISIONS, Predictor, quantize_int8
-from lib.settings import ServingSettings
+from lib.settings import LAYOUT_VARIABLES, ServingSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -387,8 +387,6 @@ def server(
 
 
 Server = contextlib.AbstractContextManager[tuple[int, int]]
-# What --workers, --threads and --torch-threads set; production's defaults otherwise.
-LAYOUT = ("WEB_CONCURRENCY", "GUNICORN_THREADS", "TORCH_THREADS")
 
 
 def ours_environment(
@@ -411,8 +409,9 @@ def ours_environment(
 
 
 def given_layout(args: argparse.Namespace) -> dict[str, int]:
+    """What --workers, --threads and --torch-threads set; production's defaults otherwise."""
     given = (args.workers, args.threads, args.torch_threads)
-    return {name: value for name, value in zip(LAYOUT, given, strict=True) if value}
+    return {name: value for name, value in zip(LAYOUT_VARIABLES, given, strict=True) if value}
 
 
 def layout(args: argparse.Namespace) -> Layout:
@@ -713,7 +712,7 @@ def contender(
 
 def describe(used: Layout, args: argparse.Namespace, seconds: float, rounds: int) -> str:
     """The contenders and the load, for the table's head."""
-    given = given_layout(args) or any(name in os.environ for name in LAYOUT)
+    given = given_layout(args) or any(name in os.environ for name in LAYOUT_VARIABLES)
     source = "as given" if given else "production's defaults"
     connections = "keep-alive connections" if args.keep_alive else "a connection per request"
     lines = ["ours-b1 = ours with BATCH_MAX_SIZE=1"] if args.batch_one else []

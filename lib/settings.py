@@ -55,6 +55,10 @@ class FlowSettings(_Environment):
     )
 
 
+# The variables ServingSettings.layout reads, in the order of what it returns.
+LAYOUT_VARIABLES = ("WEB_CONCURRENCY", "GUNICORN_THREADS", "TORCH_THREADS")
+
+
 class ServingSettings(_Environment):
     """Read by serving/ (the app factory) and serving/gunicorn.conf.py."""
 

@@ -9,7 +9,7 @@ import pytest
 from helpers import ROOT
 from pydantic import ValidationError
 
-from lib.settings import FlowSettings, ServingSettings, markdown_table
+from lib.settings import LAYOUT_VARIABLES, FlowSettings, ServingSettings, markdown_table
 from serving import create_app
 
 
@@ -74,13 +74,10 @@ def test_the_readme_table_of_variables_is_generated_from_the_definition():
     assert table == markdown_table(), "run `python -m lib.settings README.md` to regenerate it"
 
 
-LAYOUT = ("WEB_CONCURRENCY", "GUNICORN_THREADS", "TORCH_THREADS")
-
-
 @pytest.fixture
 def default_layout(monkeypatch):
     """No layout variable from the environment the tests run in."""
-    for name in LAYOUT:
+    for name in LAYOUT_VARIABLES:
         monkeypatch.delenv(name, raising=False)
 
 
@@ -103,7 +100,7 @@ def test_gunicorn_lays_out_the_cores_the_process_may_use(tmp_path):
         "import os, runpy; c = runpy.run_path('serving/gunicorn.conf.py'); "
         "print(c['workers'], c['threads'], os.environ['TORCH_THREADS'])"
     )
-    env = {k: v for k, v in os.environ.items() if k not in LAYOUT}
+    env = {k: v for k, v in os.environ.items() if k not in LAYOUT_VARIABLES}
     env.update(PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"), GUNICORN_THREADS="5")
     one_core = {min(os.sched_getaffinity(0))}
     out = subprocess.run(
