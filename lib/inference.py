@@ -21,7 +21,12 @@ from PIL import Image
 
 from lib import calibration
 from lib.features import Projection, drift_rows, image_features
-from lib.model import device_for_inference, load_model, probabilities_and_embeddings
+from lib.model import (
+    device_for_inference,
+    load_model,
+    probabilities_and_embeddings,
+    traced_for_serving,
+)
 from lib.preprocess import (
     PREPROCESSOR_FILE,
     Preprocessing,
@@ -50,6 +55,8 @@ class Predictor:
     info: dict[str, Any]  # what GET /model shows: run, dataset fingerprint, metrics, thresholds
     # and calibration (None for a run from before calibration: the identity)
     precision: str = "fp32"
+    # lib.model.traced_for_serving of the model, on a CPU in fp32 and int8; None: eager
+    traced: torch.jit.ScriptModule | None = None
 
     @classmethod
     def from_run(cls, pathspec: str, precision: str = "fp32") -> Predictor:
@@ -105,6 +112,11 @@ class Predictor:
             projection=Projection.from_dict(projection),
             info=info,
             precision=precision,
+            traced=(
+                traced_for_serving(model, preprocessing)
+                if model.device.type == "cpu" and precision != "bf16"
+                else None
+            ),
         )
 
     @property
@@ -127,7 +139,7 @@ class Predictor:
         )
         with autocast:
             probs, embeddings = probabilities_and_embeddings(
-                self.model, torch.from_numpy(pixels), self.preprocessing
+                self.model, torch.from_numpy(pixels), self.preprocessing, self.traced
             )
         return Prediction(
             probs=calibration.apply(self.info.get("calibration"), probs),

@@ -7,6 +7,7 @@ preprocessor_config.json. No pickled torch objects, so a CPU-only server loads w
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -75,17 +76,53 @@ def load_model(
     return model.to(device).eval(), preprocessing
 
 
+class ProbabilitiesAndEmbeddings(torch.nn.Module):
+    """What ViTForImageClassification.forward computes, keeping the [CLS] vectors the classifier
+    reads (for drift monitoring): normalised pixels -> (sigmoid probabilities, [CLS] vectors),
+    both float32."""
+
+    def __init__(self, model: ViTForImageClassification):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cls = self.model.vit(x).last_hidden_state[:, 0]
+        return torch.sigmoid(self.model.classifier(cls).float()), cls.float()
+
+
 @torch.inference_mode()
 def probabilities_and_embeddings(
-    model: ViTForImageClassification, pixels: torch.Tensor, preprocessing: Preprocessing
+    model: ViTForImageClassification,
+    pixels: torch.Tensor,
+    preprocessing: Preprocessing,
+    traced: torch.jit.ScriptModule | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A uint8 (B, H, W, 3) batch -> sigmoid probabilities and the [CLS] vectors they are
-    computed from (what ViTForImageClassification.forward does, keeping the vector for drift
-    monitoring), as float32 arrays. Evaluation and serving both predict through this."""
+    """A uint8 (B, H, W, 3) batch -> sigmoid probabilities and [CLS] vectors, as float32 arrays,
+    computed by ProbabilitiesAndEmbeddings(model), or by `traced`, its traced_for_serving copy.
+    Evaluation and serving both predict through this."""
     x = to_model_input(pixels.to(next(model.parameters()).device), preprocessing)
-    cls = model.vit(x).last_hidden_state[:, 0]
-    probs = torch.sigmoid(model.classifier(cls).float())
-    return probs.cpu().numpy(), cls.float().cpu().numpy()
+    probs, cls = (traced or ProbabilitiesAndEmbeddings(model))(x)
+    return probs.cpu().numpy(), cls.cpu().numpy()
+
+
+def traced_for_serving(
+    model: ViTForImageClassification, preprocessing: Preprocessing
+) -> torch.jit.ScriptModule:
+    """ProbabilitiesAndEmbeddings(model) traced by TorchScript and frozen: the same arithmetic
+    without Python's dispatch of each layer and operation, which is most of a small model's
+    time at batch 1 on a CPU (docs/serving.md). Traced at batch 1, it answers any batch size
+    and runs its first two calls (TorchScript's profiling runs) here."""
+    size = preprocessing.image_size
+    example = torch.zeros(1, 3, size, size, device=next(model.parameters()).device)
+    with torch.inference_mode(), warnings.catch_warnings():
+        # torch 2.13 deprecates TorchScript for torch.compile and torch.export; the tracer
+        # also warns of shape checks it fixes, which preprocessing keeps true.
+        warnings.simplefilter("ignore")
+        eager = ProbabilitiesAndEmbeddings(model).eval()
+        traced = torch.jit.freeze(torch.jit.trace(eager, example))
+        for _ in range(2):
+            traced(example)
+    return traced
 
 
 def device_for_inference() -> str:

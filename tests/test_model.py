@@ -1,9 +1,18 @@
+import numpy as np
 import pytest
 import torch
 from transformers import ViTConfig, ViTForImageClassification
 
 from lib.config import ModelConfig
-from lib.model import build_model, load_model, model_to_files, preprocessing_of
+from lib.inference import quantize_int8
+from lib.model import (
+    build_model,
+    load_model,
+    model_to_files,
+    preprocessing_of,
+    probabilities_and_embeddings,
+    traced_for_serving,
+)
 
 ATTRIBUTES = ["Bald", "Smiling", "Young"]
 ARCHITECTURE = {
@@ -52,3 +61,21 @@ def test_model_files_round_trip_with_their_preprocessing():
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(loaded(pixel_values=x).logits, model(pixel_values=x).logits)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_the_traced_model_answers_every_batch_size_as_the_model_does(precision):
+    """Serving's traced copy is made at batch 1; at every batch size it computes what the eager
+    model computes, to the bit, in fp32 and in int8."""
+    model = build_model(TINY, ATTRIBUTES).eval()
+    if precision == "int8":
+        model = quantize_int8(model)
+    preprocessing = preprocessing_of(TINY)
+    traced = traced_for_serving(model, preprocessing)
+    pixels = torch.randint(0, 256, (8, 16, 16, 3), dtype=torch.uint8)
+    for batch in (1, 3, 8):
+        eager = probabilities_and_embeddings(model, pixels[:batch], preprocessing)
+        fast = probabilities_and_embeddings(model, pixels[:batch], preprocessing, traced)
+        for computed, expected in zip(fast, eager, strict=True):
+            assert computed.shape == expected.shape and computed.shape[0] == batch
+            np.testing.assert_array_equal(computed, expected)
