@@ -1,4 +1,5 @@
-"""Build the ViT, and move it in and out of a run as the files of a save_pretrained folder.
+"""Build the ViT, move it in and out of a run as the files of a save_pretrained folder, and
+predict with it: eager, or traced for serving on a CPU.
 
 A run stores `model` as {file name: bytes}: config.json, model.safetensors and our
 preprocessor_config.json. No pickled torch objects, so a CPU-only server loads what a GPU trained.
