@@ -102,7 +102,7 @@ def probabilities_and_embeddings(
     computed by ProbabilitiesAndEmbeddings(model), or by `traced`, its traced_for_serving copy.
     Evaluation and serving both predict through this."""
     x = to_model_input(pixels.to(next(model.parameters()).device), preprocessing)
-    probs, cls = (traced or ProbabilitiesAndEmbeddings(model))(x)
+    probs, cls = (ProbabilitiesAndEmbeddings(model) if traced is None else traced)(x)
     return probs.cpu().numpy(), cls.cpu().numpy()
 
 

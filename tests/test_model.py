@@ -13,6 +13,7 @@ from lib.model import (
     probabilities_and_embeddings,
     traced_for_serving,
 )
+from lib.preprocess import to_model_input
 
 ATTRIBUTES = ["Bald", "Smiling", "Young"]
 ARCHITECTURE = {
@@ -72,10 +73,12 @@ def test_the_traced_model_answers_every_batch_size_as_the_model_does(precision):
         model = quantize_int8(model)
     preprocessing = preprocessing_of(TINY)
     traced = traced_for_serving(model, preprocessing)
+    assert isinstance(traced, torch.jit.ScriptModule)
     pixels = torch.randint(0, 256, (8, 16, 16, 3), dtype=torch.uint8)
     for batch in (1, 3, 8):
         eager = probabilities_and_embeddings(model, pixels[:batch], preprocessing)
-        fast = probabilities_and_embeddings(model, pixels[:batch], preprocessing, traced)
+        with torch.inference_mode():
+            fast = traced(to_model_input(pixels[:batch], preprocessing))
         for computed, expected in zip(fast, eager, strict=True):
             assert computed.shape == expected.shape and computed.shape[0] == batch
-            np.testing.assert_array_equal(computed, expected)
+            np.testing.assert_array_equal(computed.numpy(), expected)
